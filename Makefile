@@ -1,0 +1,31 @@
+# Two commands set up everything: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## start the API with an in-process worker (embedded Postgres when DATABASE_URL is unset)
+	$(BIN)/confluence-vectors serve
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/pytest
+
+bench: $(STAMP)  ## benchmarks; each prints a table
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache

@@ -1,0 +1,170 @@
+"""All configuration, read once from the environment and `.env`.
+
+Nobody else reads `os.environ`: modules receive a `Settings` so tests can build one with explicit values and
+run several services side by side in one process.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
+_PLACEHOLDERS = {"changeme", "change-me", "your-token", "your_token", "xxx", "todo", "secret", "<token>"}
+
+
+class Deployment(str, Enum):
+    """Which Confluence product we talk to; they differ in REST API, auth and URLs."""
+
+    CLOUD = "cloud"
+    DATACENTER = "datacenter"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Secrets are `SecretStr`, so they never show in logs or reprs."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Postgres -------------------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None, description="Postgres URL. Unset: an embedded PostgreSQL with pgvector under DATA_DIR."
+    )
+    data_dir: Path = Field(default=Path("./.data"), description="Where the embedded Postgres keeps its files.")
+    db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
+
+    # --- Confluence -----------------------------------------------------------------------------------
+    confluence_base_url: str = Field(
+        default="", description="Cloud: https://SITE.atlassian.net/wiki; Data Center: the root URL."
+    )
+    confluence_email: str | None = None
+    confluence_api_token: SecretStr | None = None
+    confluence_pat: SecretStr | None = None
+    confluence_deployment: Deployment | None = Field(
+        default=None, description="cloud|datacenter; inferred from the credentials when unset."
+    )
+    confluence_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    confluence_max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    confluence_max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    confluence_max_backoff: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    # --- Embeddings -----------------------------------------------------------------------------------
+    ollama_base_url: str = "http://localhost:11434"
+    embed_model: str = "bge-m3"
+    embed_dim: Annotated[int, Field(ge=1, le=16000)] = 1024
+    embed_batch_size: Annotated[int, Field(ge=1, le=512)] = 16
+    embed_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    embed_max_tokens: Annotated[int, Field(ge=16, le=32768)] = Field(
+        default=8192, description="The embedder's context; no chunk is ever longer (bge-m3: 8192)."
+    )
+
+    # --- Chunking -------------------------------------------------------------------------------------
+    chunk_size: Annotated[int, Field(ge=32, le=32768)] = Field(default=512, description="Tokens per chunk.")
+    chunk_overlap: Annotated[int, Field(ge=0, le=8192)] = Field(default=64, description="Tokens shared.")
+
+    # --- Vector table ---------------------------------------------------------------------------------
+    vector_table: str = Field(
+        default="confluence", description="PGVectorStore table_name; the physical table is data_<name>."
+    )
+
+    # --- Queue / worker -------------------------------------------------------------------------------
+    worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    job_max_attempts: Annotated[int, Field(ge=1, le=100)] = 12
+    retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 900.0
+    reconcile_interval: Annotated[int, Field(ge=0)] = Field(
+        default=900, description="Seconds between reconciliations; 0 disables."
+    )
+    reconcile_overlap: Annotated[int, Field(ge=0)] = Field(
+        default=300, description="Seconds re-checked before the last checkpoint, for clock skew."
+    )
+
+    # --- Security -------------------------------------------------------------------------------------
+    webhook_secret: SecretStr | None = None
+    webhook_token: SecretStr | None = None
+    api_token: SecretStr | None = None
+    index_restricted_pages: bool = False
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    dedupe_window_seconds: Annotated[int, Field(ge=0)] = 300
+
+    # --- Service --------------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", description="json|text")
+
+    @field_validator("vector_table")
+    @classmethod
+    def _table_is_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                "VECTOR_TABLE must be a lowercase SQL identifier (letters, digits, underscores; "
+                f"at most 51 characters), got {value!r}"
+            )
+        return value
+
+    @field_validator("confluence_base_url", "ollama_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator(
+        "confluence_api_token", "confluence_pat", "webhook_secret", "webhook_token", "api_token", mode="before"
+    )
+    @classmethod
+    def _refuse_placeholders(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if value.strip().lower() in _PLACEHOLDERS:
+                raise ValueError("looks like a placeholder from .env.example; set a real value or leave it unset")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in {"json", "text"}:
+            raise ValueError("LOG_FORMAT must be json or text")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than CHUNK_SIZE ({self.chunk_size})"
+            )
+        if self.chunk_size > self.embed_max_tokens:
+            raise ValueError(
+                f"CHUNK_SIZE ({self.chunk_size}) exceeds EMBED_MAX_TOKENS ({self.embed_max_tokens})"
+            )
+        if self.confluence_email and not self.confluence_api_token:
+            raise ValueError("CONFLUENCE_EMAIL is set but CONFLUENCE_API_TOKEN is not")
+        return self
+
+    @property
+    def deployment(self) -> Deployment:
+        """Explicit `CONFLUENCE_DEPLOYMENT` wins; else a PAT means Data Center, an email+token means Cloud."""
+        if self.confluence_deployment is not None:
+            return self.confluence_deployment
+        if self.confluence_pat is not None and self.confluence_api_token is None:
+            return Deployment.DATACENTER
+        if ".atlassian.net" in self.confluence_base_url or self.confluence_api_token is not None:
+            return Deployment.CLOUD
+        return Deployment.DATACENTER
+
+    @property
+    def physical_table(self) -> str:
+        """The table PGVectorStore reads for `table_name=vector_table`."""
+        return f"data_{self.vector_table}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
