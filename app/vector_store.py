@@ -1,0 +1,317 @@
+"""The vector table: readable by LlamaIndex's `PGVectorStore`, written only by us.
+
+Stock `PGVectorStore.add` inserts: re-indexing a page duplicates its rows, and deleting then adding lets a
+reader see the page half-written. Our write path swaps a page's rows in ONE transaction, as a diff:
+
+* rows whose chunk is gone are deleted,
+* rows whose chunk is unchanged are kept (their metadata refreshed in place if the page moved),
+* rows for new chunks arrive by binary COPY,
+
+and the page's state row is updated in the same transaction, after a version check, so a job holding an older
+version of the page can never overwrite rows written from a newer one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.utils import node_to_metadata_dict
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from app.errors import RetryableError
+from app.models import Page
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PageState:
+    """What we hold for a page (a row of `cv_pages`)."""
+
+    page_id: str
+    status: str
+    version: int | None
+    content_hash: str | None
+    meta_hash: str | None
+    chunk_count: int
+    reason: str | None = None
+    last_error: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one page write did, for logs, metrics and tests."""
+
+    written: bool  # False when refused as stale
+    inserted: int = 0
+    deleted: int = 0
+    kept: int = 0
+    metadata_updated: int = 0
+
+
+def metadata_hash(metadata: Mapping[str, Any]) -> str:
+    """Stable digest of page-level metadata: tells a move/relabel (rows to refresh) from a no-op."""
+    return hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def content_hash(node_ids: Sequence[str]) -> str:
+    """Digest of a page's chunking. Node ids derive from the embedded text, so equal ids mean equal vectors."""
+    return hashlib.sha256("\n".join(node_ids).encode()).hexdigest()
+
+
+def row_metadata(node: BaseNode) -> dict[str, Any]:
+    """The `metadata_` column exactly as `PGVectorStore.add` writes it, so LlamaIndex can rebuild the node."""
+    return node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
+
+
+class VectorStore:
+    """Reads and writes one `data_<table>` table and the `cv_pages` state rows."""
+
+    def __init__(self, pool: AsyncConnectionPool, table: str) -> None:
+        self.pool = pool
+        self.table = table
+        self._t = sql.Identifier(f"data_{table}")
+
+    # --- reads ---------------------------------------------------------------------------------------
+    async def page_state(self, page_id: str) -> PageState | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                """SELECT page_id, status, version, content_hash, meta_hash, chunk_count, reason,
+                          last_error, attempts
+                   FROM cv_pages WHERE page_id = %s""",
+                (page_id,),
+            )
+            row = await cur.fetchone()
+        return PageState(**row) if row else None
+
+    async def node_ids(self, page_id: str) -> set[str]:
+        """Ids of the chunks stored for a page (to embed only what is missing)."""
+        async with self.pool.connection() as conn:
+            return await self._node_ids(conn, page_id)
+
+    async def _node_ids(self, conn: AsyncConnection[Any], page_id: str) -> set[str]:
+        cur = await conn.execute(
+            sql.SQL("SELECT node_id FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t),
+            (page_id,),
+        )
+        return {row[0] for row in await cur.fetchall()}
+
+    async def count_rows(self, page_id: str | None = None) -> int:
+        async with self.pool.connection() as conn:
+            if page_id is None:
+                cur = await conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=self._t))
+            else:
+                cur = await conn.execute(
+                    sql.SQL("SELECT count(*) FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t),
+                    (page_id,),
+                )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # --- writes --------------------------------------------------------------------------------------
+    async def replace_page(
+        self,
+        page: Page,
+        nodes: Sequence[BaseNode],
+        embeddings: Mapping[str, Sequence[float]],
+        *,
+        page_meta_hash: str,
+    ) -> WriteResult:
+        """Make the table hold exactly `nodes` for `page`, atomically.
+
+        `embeddings` must cover every node not already stored (the caller embedded only those). Refuses,
+        without writing, when the table already holds a newer version of the page.
+        """
+        ids = [node.node_id for node in nodes]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate node ids for page {page.id}")
+        async with self.pool.connection() as conn, conn.transaction():
+            stored = await self._lock_page(conn, page.id)
+            if stored is not None and stored.status == "indexed" and (stored.version or 0) > page.version:
+                log.info(
+                    "stale write refused",
+                    extra={"page_id": page.id, "version": page.version, "stored_version": stored.version},
+                )
+                return WriteResult(written=False)
+
+            existing = await self._node_ids(conn, page.id)
+            wanted = set(ids)
+            new_nodes = [node for node in nodes if node.node_id not in existing]
+            missing = [node.node_id for node in new_nodes if node.node_id not in embeddings]
+            if missing:
+                # Rows we counted on vanished between planning and writing (e.g. a concurrent reindex).
+                raise RetryableError(f"{len(missing)} chunks of page {page.id} need embeddings; retrying")
+
+            deleted = await self._delete_except(conn, page.id, wanted)
+            kept_nodes = [node for node in nodes if node.node_id in existing]
+            metadata_updated = 0
+            if kept_nodes and (stored is None or stored.meta_hash != page_meta_hash):
+                metadata_updated = await self._refresh_metadata(conn, kept_nodes)
+            await self._copy_rows(conn, new_nodes, embeddings)
+            await conn.execute(
+                """UPDATE cv_pages SET content_type = %s, space_key = %s, title = %s, url = %s, version = %s,
+                          last_modified = %s, status = 'indexed', reason = NULL, content_hash = %s,
+                          meta_hash = %s, chunk_count = %s, indexed_at = now(), last_error = NULL,
+                          attempts = 0, updated_at = now()
+                   WHERE page_id = %s""",
+                (
+                    page.content_type,
+                    page.space_key,
+                    page.title,
+                    page.url,
+                    page.version,
+                    page.last_modified,
+                    content_hash(ids),
+                    page_meta_hash,
+                    len(ids),
+                    page.id,
+                ),
+            )
+        return WriteResult(
+            written=True,
+            inserted=len(new_nodes),
+            deleted=deleted,
+            kept=len(kept_nodes),
+            metadata_updated=metadata_updated,
+        )
+
+    async def delete_page(
+        self, page_id: str, *, status: str = "deleted", reason: str | None = None, page: Page | None = None
+    ) -> int:
+        """Remove every row of a page and record why (deleted, trashed, restricted...). Returns rows removed."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await self._lock_page(conn, page_id)
+            cur = await conn.execute(
+                sql.SQL("DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t), (page_id,)
+            )
+            removed = cur.rowcount
+            await conn.execute(
+                """UPDATE cv_pages SET status = %s, reason = %s, chunk_count = 0, content_hash = NULL,
+                          meta_hash = NULL, last_error = NULL, attempts = 0, updated_at = now(),
+                          title = COALESCE(%s, title), space_key = COALESCE(%s, space_key),
+                          version = COALESCE(%s, version)
+                   WHERE page_id = %s""",
+                (
+                    status,
+                    reason,
+                    page.title if page else None,
+                    page.space_key if page else None,
+                    page.version if page else None,
+                    page_id,
+                ),
+            )
+        return removed
+
+    async def record_failure(self, page_id: str, error: str, *, permanent: bool) -> None:
+        """Keep the last error and attempt count visible in `status`, whatever the job's fate."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO cv_pages (page_id, status, last_error, attempts) VALUES (%s, %s, %s, 1)
+                   ON CONFLICT (page_id) DO UPDATE SET last_error = EXCLUDED.last_error,
+                       attempts = cv_pages.attempts + 1, updated_at = now(),
+                       status = CASE WHEN %s THEN 'failed' ELSE cv_pages.status END""",
+                (page_id, "failed" if permanent else "pending", error[:2000], permanent),
+            )
+
+    async def mark_pending(self, page_id: str, content_type: str = "page") -> None:
+        """A page we were told about and have not processed yet (visible as pending in `status`)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO cv_pages (page_id, content_type, status) VALUES (%s, %s, 'pending')
+                   ON CONFLICT (page_id) DO NOTHING""",
+                (page_id, content_type),
+            )
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    async def _lock_page(self, conn: AsyncConnection[Any], page_id: str) -> PageState | None:
+        """Lock the page's state row (creating it) for the rest of the transaction; return what it held."""
+        await conn.execute(
+            "INSERT INTO cv_pages (page_id, status) VALUES (%s, 'pending') ON CONFLICT (page_id) DO NOTHING",
+            (page_id,),
+        )
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            """SELECT page_id, status, version, content_hash, meta_hash, chunk_count, reason, last_error,
+                      attempts
+               FROM cv_pages WHERE page_id = %s FOR UPDATE""",
+            (page_id,),
+        )
+        row = await cur.fetchone()
+        return PageState(**row) if row else None
+
+    async def _delete_except(self, conn: AsyncConnection[Any], page_id: str, keep: set[str]) -> int:
+        cur = await conn.execute(
+            sql.SQL("DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s AND NOT (node_id = ANY(%s))").format(
+                t=self._t
+            ),
+            (page_id, list(keep)),
+        )
+        return cur.rowcount
+
+    async def _refresh_metadata(self, conn: AsyncConnection[Any], nodes: Sequence[BaseNode]) -> int:
+        cur = await conn.execute(
+            sql.SQL(
+                """UPDATE {t} AS d SET metadata_ = v.meta
+                   FROM unnest(%s::text[], %s::jsonb[]) AS v(node_id, meta)
+                   WHERE d.node_id = v.node_id"""
+            ).format(t=self._t),
+            ([n.node_id for n in nodes], [Jsonb(row_metadata(n)) for n in nodes]),
+        )
+        return cur.rowcount
+
+    async def _copy_rows(
+        self, conn: AsyncConnection[Any], nodes: Sequence[BaseNode], embeddings: Mapping[str, Sequence[float]]
+    ) -> None:
+        if not nodes:
+            return
+        statement = sql.SQL(
+            "COPY {t} (text, metadata_, node_id, embedding) FROM STDIN WITH (FORMAT BINARY)"
+        ).format(t=self._t)
+        cur = conn.cursor()
+        async with cur.copy(statement) as copy:
+            copy.set_types(["varchar", "jsonb", "varchar", "vector"])
+            for node in nodes:
+                vector = np.asarray(embeddings[node.node_id], dtype=np.float32)
+                await copy.write_row(
+                    (node.get_content(), Jsonb(row_metadata(node)), node.node_id, vector)
+                )
+
+
+def sqlalchemy_urls(database_url: str) -> tuple[str, str]:
+    """(sync, async) SQLAlchemy URLs for a libpq URL, both on psycopg 3 (unix-socket hosts included)."""
+    scheme, sep, rest = database_url.partition("://")
+    if not sep or scheme not in {"postgres", "postgresql"}:
+        raise ValueError("expected a postgresql:// URL")
+    url = f"postgresql+psycopg://{rest}"
+    return url, url
+
+
+def llamaindex_store(database_url: str, table: str, embed_dim: int) -> Any:
+    """A stock LlamaIndex `PGVectorStore` over our table, for retrieval code that wants LlamaIndex.
+
+    Read-only by convention: writes go through `VectorStore.replace_page`, which never duplicates rows.
+    """
+    from llama_index.vector_stores.postgres import PGVectorStore
+
+    sync_url, async_url = sqlalchemy_urls(database_url)
+    return PGVectorStore.from_params(
+        connection_string=sync_url,
+        async_connection_string=async_url,
+        table_name=table,
+        embed_dim=embed_dim,
+        hybrid_search=True,
+        text_search_config="simple",
+        use_jsonb=True,
+    )
