@@ -74,6 +74,9 @@ class Settings(BaseSettings):
 
     # --- Queue / worker -------------------------------------------------------------------------------
     worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=10.0, description="A worker silent for 3x this long is presumed dead; its jobs are retried."
+    )
     job_max_attempts: Annotated[int, Field(ge=1, le=100)] = 12
     retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 900.0

@@ -1,0 +1,214 @@
+"""`confluence-vectors`: thin commands over the same functions the service and worker use."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.config import Settings, get_settings
+from app.errors import ConfluenceVectorsError
+from app.logs import configure_logging
+
+cli = typer.Typer(
+    name="confluence-vectors",
+    help="Keep a Postgres/pgvector index of a Confluence wiki in sync, live.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic's ValidationError lists every bad setting
+        err.print(f"[red]Invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(factory())
+    except ConfluenceVectorsError as exc:
+        err.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/yellow]")
+        raise typer.Exit(130) from None
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the HTTP API alone.")] = False,
+) -> None:
+    """Run the HTTP API (webhook, search, status, metrics) with an in-process queue worker."""
+    import uvicorn
+
+    from app.api import create_app
+    from app.security import is_loopback
+
+    settings = _settings()
+    if settings.api_token is None and not is_loopback(host):
+        err.print(
+            f"[yellow]API_TOKEN is not set and the service binds {host}: /search and /status will refuse "
+            "to serve wiki content to anyone until API_TOKEN is set.[/yellow]"
+        )
+    app = create_app(settings, worker=not no_worker, bind_host=host)
+    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False, timeout_graceful_shutdown=10)
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Jobs at once (default WORKER_CONCURRENCY).")] = None,
+) -> None:
+    """Run a queue worker only: start more of these, on more machines, to scale out."""
+    from app.queue import run_worker
+    from app.runtime import Runtime
+
+    settings = _settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+
+    async def main() -> None:
+        import signal
+
+        rt = await Runtime.open(settings)
+        task = asyncio.create_task(run_worker(rt.queue, settings, name="worker"))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await rt.close()
+
+    _run(main)
+
+
+@cli.command()
+def sync(
+    space: Annotated[list[str] | None, typer.Option("--space", help="Space key (repeatable).")] = None,
+    all_spaces: Annotated[bool, typer.Option("--all", help="Every space the credentials can see.")] = False,
+    restart: Annotated[bool, typer.Option(help="Ignore a saved cursor and start over.")] = False,
+) -> None:
+    """Backfill: enqueue every page and blog post of the spaces (unchanged pages cost nothing)."""
+    from app.sync import backfill
+
+    if not space and not all_spaces:
+        err.print("Give --space KEY (repeatable) or --all.")
+        raise typer.Exit(2)
+    settings = _settings()
+    report = _run(lambda: _with_runtime(settings, lambda rt: backfill(rt, space or None, console, restart=restart)))
+    console.print(f"Enqueued {report.queued} pages ({report.seen} seen) in {report.seconds:.1f}s.")
+
+
+@cli.command()
+def reconcile() -> None:
+    """Catch missed webhooks now: enqueue pages modified since the last run, delete pages that vanished."""
+    from app.sync import reconcile as do_reconcile
+
+    settings = _settings()
+    report = _run(lambda: _with_runtime(settings, do_reconcile))
+    console.print_json(json.dumps(report.__dict__, default=str))
+
+
+@cli.command()
+def reindex(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Rebuild every vector (e.g. after changing EMBED_MODEL) into a new table, then switch over."""
+    from app.sync import reindex as do_reindex
+
+    if not yes and sys.stdin.isatty():
+        typer.confirm("Re-embed every indexed page into a new table?", abort=True)
+    settings = _settings()
+    report = _run(lambda: do_reindex(settings, console))
+    console.print(f"Reindexed {report.pages} pages into {report.table} ({report.chunks} chunks).")
+
+
+@cli.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Pages indexed, pending, failed (with last error), chunks, queue depth, last reconciliation."""
+    from app.status import status_report
+
+    settings = _settings()
+    report = _run(lambda: _with_runtime(settings, status_report))
+    if as_json:
+        console.print_json(json.dumps(report.__dict__, default=str))
+        return
+    table = Table(title=f"confluence-vectors: {report.table} · {report.embed_model}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, n in sorted(report.pages.items()):
+        table.add_row(f"pages {name}", str(n))
+    table.add_row("chunks", str(report.chunks))
+    for name, n in sorted(report.queue.items()):
+        table.add_row(f"jobs {name}", str(n))
+    console.print(table)
+    if report.last_reconcile:
+        console.print(f"Last reconciliation: {report.last_reconcile}")
+    for title, rows in (("Failed pages", report.failed), ("Retrying pages", report.retrying)):
+        if rows:
+            t = Table(title=title)
+            for col in ("page_id", "title", "attempts", "last_error"):
+                t.add_column(col)
+            for row in rows:
+                t.add_row(str(row["page_id"]), str(row["title"] or ""), str(row["attempts"]), str(row["last_error"]))
+            console.print(t)
+
+
+@cli.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option(min=1, max=100, help="Results.")] = 5,
+    space: Annotated[str | None, typer.Option(help="Only this space.")] = None,
+    label: Annotated[str | None, typer.Option(help="Only pages with this label.")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid or vector.")] = "hybrid",
+) -> None:
+    """Search the index from the terminal (same ranking as GET /search)."""
+    from app.search import SearchMode
+    from app.search import search as do_search
+    from app.search_view import print_results
+
+    settings = _settings()
+
+    async def run(rt: Any) -> Any:
+        return await do_search(
+            rt.pool, rt.embedder, settings.vector_table, query, k=k, space=space, label=label, mode=SearchMode(mode)
+        )
+
+    hits = _run(lambda: _with_runtime(settings, run))
+    print_results(hits, console)
+
+
+async def _with_runtime(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
+    from app.runtime import Runtime
+
+    rt = await Runtime.open(settings)
+    try:
+        return await body(rt)
+    finally:
+        await rt.close()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

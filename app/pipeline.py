@@ -1,0 +1,124 @@
+"""Reconcile one page with what Confluence says now: the worker's whole job for one event.
+
+An event is only a hint that a page may have changed, so the pipeline never trusts the payload: it fetches
+the page, and either (re)indexes it or deletes its vectors. Duplicates, retries and out-of-order deliveries
+therefore all converge. Only chunks whose embedded text changed are embedded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from app.chunking import chunk_page, embed_text, page_metadata
+from app.convert import storage_to_markdown, user_refs
+from app.errors import PageNotFound
+from app.models import ContentType, Page
+from app.runtime import Runtime
+from app.vector_store import content_hash, metadata_hash
+
+log = logging.getLogger(__name__)
+
+Action = Literal["indexed", "unchanged", "deleted", "skipped", "stale"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What processing a page did (logged, counted, returned by the job)."""
+
+    page_id: str
+    action: Action
+    version: int | None = None
+    chunks: int = 0
+    embedded: int = 0
+    deleted: int = 0
+    reason: str | None = None
+
+
+async def process_page(rt: Runtime, page_id: str, content_type: ContentType | None = None) -> Outcome:
+    """Fetch `page_id` and make the index agree with it."""
+    started = time.perf_counter()
+    try:
+        page = await rt.confluence.get_page(page_id, content_type)
+    except PageNotFound:
+        removed = await rt.store.delete_page(page_id, status="deleted", reason="not found in Confluence")
+        return _done(rt, Outcome(page_id, "deleted", deleted=removed, reason="not found"))
+    finally:
+        rt.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
+
+    if not page.is_current:
+        removed = await rt.store.delete_page(page_id, status="deleted", reason=f"status {page.status}", page=page)
+        return _done(rt, Outcome(page_id, "deleted", page.version, deleted=removed, reason=page.status))
+    if page.restricted and not rt.settings.index_restricted_pages:
+        removed = await rt.store.delete_page(
+            page_id, status="skipped", reason="read restrictions (INDEX_RESTRICTED_PAGES=false)", page=page
+        )
+        return _done(rt, Outcome(page_id, "skipped", page.version, deleted=removed, reason="restricted"))
+    return await index_page(rt, page)
+
+
+async def index_page(rt: Runtime, page: Page) -> Outcome:
+    """Chunk, embed what is new, and swap the page's rows in one transaction."""
+    users = await rt.confluence.resolve_users(user_refs(page.body_storage)) if page.body_storage else {}
+    markdown = storage_to_markdown(page.body_storage, users=users, title=page.title)
+    settings = rt.settings
+    nodes = chunk_page(
+        page,
+        markdown,
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+        max_tokens=settings.embed_max_tokens,
+    )
+    ids = [node.node_id for node in nodes]
+    meta_hash = metadata_hash(page_metadata(page))
+
+    state = await rt.store.page_state(page.id)
+    if state is not None and state.status == "indexed":
+        if (state.version or 0) > page.version:
+            return _done(rt, Outcome(page.id, "stale", page.version, reason=f"holding v{state.version}"))
+        if state.content_hash == content_hash(ids) and state.meta_hash == meta_hash:
+            rt.metrics.chunks.labels("reused").inc(len(ids))
+            return _done(rt, Outcome(page.id, "unchanged", page.version, chunks=len(ids)))
+
+    stored = await rt.store.node_ids(page.id)
+    to_embed = [node for node in nodes if node.node_id not in stored]
+    started = time.perf_counter()
+    vectors = await rt.embedder.aembed_many([embed_text(node) for node in to_embed]) if to_embed else []
+    rt.metrics.stage_seconds.labels("embed").observe(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    result = await rt.store.replace_page(
+        page,
+        nodes,
+        {node.node_id: vector for node, vector in zip(to_embed, vectors, strict=True)},
+        page_meta_hash=meta_hash,
+    )
+    rt.metrics.stage_seconds.labels("write").observe(time.perf_counter() - started)
+    if not result.written:
+        return _done(rt, Outcome(page.id, "stale", page.version, reason="a newer version is stored"))
+    rt.metrics.chunks.labels("embedded").inc(len(to_embed))
+    rt.metrics.chunks.labels("reused").inc(result.kept)
+    rt.metrics.chunks.labels("deleted").inc(result.deleted)
+    return _done(
+        rt, Outcome(page.id, "indexed", page.version, chunks=len(ids), embedded=len(to_embed), deleted=result.deleted)
+    )
+
+
+def _done(rt: Runtime, outcome: Outcome) -> Outcome:
+    rt.metrics.jobs.labels(outcome.action).inc()
+    log.info(
+        "page %s",
+        outcome.action,
+        extra={
+            "page_id": outcome.page_id,
+            "action": outcome.action,
+            "version": outcome.version,
+            "chunks": outcome.chunks,
+            "embedded": outcome.embedded,
+            "deleted": outcome.deleted,
+            "reason": outcome.reason,
+        },
+    )
+    return outcome

@@ -1,0 +1,154 @@
+"""The durable job queue: procrastinate on the same Postgres as the vectors.
+
+Why procrastinate: it keeps jobs in Postgres (a 202 means the job is committed), and its two locks are exactly
+our page semantics. `queueing_lock=page:<id>` lets at most one *waiting* job exist per page, so a burst of
+events for a page collapses into one job; `lock=page:<id>` lets at most one job per page *run* at a time, on
+any worker process or machine. Retries are ours (`PageRetry`): exponential backoff with full jitter,
+`Retry-After` honoured, permanent errors not retried. Workers that die mid-job are detected by heartbeat and
+their jobs retried (`recover_stalled`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import procrastinate
+from procrastinate import exceptions as pexc
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+from app.config import Settings
+from app.errors import DatabaseUnavailable, PermanentError, RetryableError
+from app.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+PAGES_QUEUE = "pages"
+MAINTENANCE_QUEUE = "maintenance"
+INDEX_PAGE = "cv:index_page"
+RECONCILE = "cv:reconcile"
+
+tasks = procrastinate.Blueprint()
+
+EnqueueOutcome = Literal["queued", "coalesced"]
+
+
+@dataclass(frozen=True)
+class PageRetry(BaseRetryStrategy):
+    """Job-level retry decision: backoff with full jitter, `Retry-After` first, permanent errors never."""
+
+    max_attempts: int = 12
+    base: float = 2.0
+    cap: float = 900.0
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, PermanentError):
+            return None
+        attempts = job.attempts + 1  # attempts made so far, this one included
+        if attempts >= self.max_attempts:
+            return None
+        retry_after = exception.retry_after if isinstance(exception, RetryableError) else None
+        seconds = Backoff(base=self.base, cap=self.cap).delay(attempts, retry_after)
+        return RetryDecision(retry_in={"seconds": max(seconds, 0.05)})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PageRetry:
+        return cls(
+            max_attempts=settings.job_max_attempts,
+            base=settings.retry_base_seconds,
+            cap=settings.retry_max_seconds,
+        )
+
+
+def page_lock(page_id: str) -> str:
+    return f"page:{page_id}"
+
+
+def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
+    """A procrastinate App on our database with our tasks registered (import side effects included)."""
+    from app import jobs  # noqa: F401  (registers the task functions on `tasks`)
+
+    connector = procrastinate.PsycopgConnector(
+        conninfo=database_url,
+        min_size=1,
+        max_size=max(4, settings.worker_concurrency + 2),
+        kwargs={"application_name": "confluence-vectors-queue"},
+    )
+    app = procrastinate.App(connector=connector)
+    app.add_tasks_from(tasks, namespace="cv")
+    retry = PageRetry.from_settings(settings)
+    for task in app.tasks.values():
+        if task.name == INDEX_PAGE:
+            task.retry_strategy = retry
+    return app
+
+
+async def enqueue_page(
+    queue: procrastinate.App, page_id: str, *, content_type: str | None = None, event: str | None = None
+) -> EnqueueOutcome:
+    """Durably store a job for `page_id`, or join the one already waiting. Raises DatabaseUnavailable."""
+    deferrer = queue.configure_task(
+        INDEX_PAGE, queue=PAGES_QUEUE, lock=page_lock(page_id), queueing_lock=page_lock(page_id)
+    )
+    try:
+        await deferrer.defer_async(page_id=page_id, content_type=content_type, event=event)
+    except pexc.AlreadyEnqueued:
+        return "coalesced"
+    except pexc.ConnectorException as exc:
+        raise DatabaseUnavailable(f"cannot store the job: {exc}") from exc
+    return "queued"
+
+
+async def enqueue_many(queue: procrastinate.App, refs: list[tuple[str, str | None]], *, event: str) -> int:
+    """Enqueue a batch of pages (backfill, reconciliation); pages already waiting are skipped. Returns new jobs."""
+    queued = 0
+    for page_id, content_type in refs:
+        if await enqueue_page(queue, page_id, content_type=content_type, event=event) == "queued":
+            queued += 1
+    return queued
+
+
+async def recover_stalled(queue: procrastinate.App, *, stalled_after: float) -> int:
+    """Retry jobs whose worker stopped sending heartbeats (killed, machine lost): nothing stays 'doing'."""
+    manager = queue.job_manager
+    stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after)
+    recovered = 0
+    for job in stalled:
+        await manager.retry_job(job)
+        recovered += 1
+        log.warning("retrying stalled job", extra={"job_id": job.id, "task": job.task_name})
+    await manager.prune_stalled_workers(seconds_since_heartbeat=stalled_after)
+    return recovered
+
+
+async def queue_counts(queue: procrastinate.App) -> dict[str, int]:
+    """Jobs by status for `status` and `/metrics` (todo, doing, failed, succeeded...)."""
+    counts: dict[str, int] = {}
+    async with queue.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+        cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY status")
+        for status, n in await cur.fetchall():
+            counts[str(status)] = int(n)
+    return counts
+
+
+async def run_worker(queue: procrastinate.App, settings: Settings, *, name: str = "worker") -> None:
+    """Run a worker until cancelled or signalled; `serve` runs one inside the API process."""
+    options: dict[str, Any] = {
+        "queues": [PAGES_QUEUE, MAINTENANCE_QUEUE],
+        "concurrency": settings.worker_concurrency,
+        "name": name,
+        "install_signal_handlers": False,
+        "update_heartbeat_interval": settings.worker_heartbeat_seconds,
+        "stalled_worker_timeout": settings.worker_heartbeat_seconds * 3,
+        "fetch_job_polling_interval": 2.0,
+        "delete_jobs": "successful",
+    }
+    await recover_stalled(queue, stalled_after=settings.worker_heartbeat_seconds * 3)
+    await queue.run_worker_async(**options)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,173 @@
+"""`POST /webhook/confluence`: validate, authenticate, store the job durably, answer. Nothing else.
+
+Confluence sends three shapes (see the corpus): Data Center `{"event", "page": {"id": 123}}`; Cloud REST hooks
+without any `event` and `page.id` as a string (the event is in our URL's `event` query parameter, one hook per
+event); Cloud Connect with `page.id` as a number. We only need the page id: the worker fetches the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from app.errors import DatabaseUnavailable, WebhookRejected
+from app.queue import enqueue_page
+from app.security import authenticate_webhook, delivery_digest, remember_delivery, seen_recently
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+#: Events about content other than pages and blog posts: acknowledged, not acted on.
+_IGNORED_PREFIXES = ("comment_", "attachment_", "space_", "user_", "group_", "theme_", "login", "logout")
+_CONTENT_KEYS = (("page", "page"), ("blogpost", "blogpost"), ("blog", "blogpost"))
+_MAX_ID_LENGTH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class PageEvent:
+    """What a webhook tells us: which content may have changed, and what Confluence called the event."""
+
+    event: str
+    page_id: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    event: str
+    reason: str
+
+
+def normalise_event(name: str) -> str:
+    """`page_updated`, or Connect's `avi:confluence:updated:page` → `page_updated`; lower case, stripped."""
+    name = name.strip().lower()
+    if name.startswith("avi:confluence:"):
+        parts = name.split(":")
+        if len(parts) >= 4:
+            return f"{parts[3]}_{parts[2]}"
+    return name
+
+
+def parse_event(body: bytes, event_param: str | None) -> PageEvent | Ignored:
+    """Read a webhook body. Raises WebhookRejected (400 not JSON, 422 no usable page id)."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WebhookRejected(f"body is not JSON: {exc}", status_code=400) from exc
+    if not isinstance(payload, dict):
+        raise WebhookRejected("body must be a JSON object", status_code=422)
+
+    raw_event = payload.get("event") if isinstance(payload.get("event"), str) else event_param
+    event = normalise_event(raw_event) if raw_event else ""
+    if event.startswith(_IGNORED_PREFIXES) or (not event and "comment" in payload and "page" not in payload):
+        return Ignored(event or "comment", "not a page or blog post event")
+    if event.startswith("label_"):
+        content = payload.get("labeled") or payload.get("page") or payload.get("blogpost")
+        if not isinstance(content, dict):
+            return Ignored(event, "label event without a page")
+
+    for key, content_type in _CONTENT_KEYS:
+        content = payload.get(key)
+        if isinstance(content, dict):
+            page_id = _page_id(content)
+            kind = content.get("contentType") if isinstance(content.get("contentType"), str) else content_type
+            return PageEvent(event or f"{content_type}_updated", page_id, "blogpost" if kind == "blogpost" else "page")
+    if event.startswith("label_") and isinstance(payload.get("labeled"), dict):
+        return PageEvent(event, _page_id(payload["labeled"]), "page")
+    raise WebhookRejected("no page: expected a `page` (or `blogpost`) object with an `id`", status_code=422)
+
+
+def _page_id(content: dict[str, Any]) -> str:
+    value = content.get("id", content.get("idAsString"))
+    if isinstance(value, bool) or value is None:
+        raise WebhookRejected("`page.id` is missing", status_code=422)
+    if isinstance(value, int):
+        if value <= 0:
+            raise WebhookRejected("`page.id` must be positive", status_code=422)
+        return str(value)
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= _MAX_ID_LENGTH:
+        return value.strip().lstrip("0") or "0"
+    raise WebhookRejected("`page.id` must be a number or a string of digits", status_code=422)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise WebhookRejected(f"body larger than {limit} bytes", status_code=413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise WebhookRejected(f"body larger than {limit} bytes", status_code=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/webhook/confluence",
+    status_code=202,
+    summary="Receive a Confluence webhook",
+    responses={
+        200: {"description": "Ignored or duplicate delivery"},
+        400: {"description": "Body is not JSON"},
+        401: {"description": "Missing or invalid signature / token"},
+        413: {"description": "Body too large"},
+        422: {"description": "No usable page id"},
+        503: {"description": "The job could not be stored; retry later"},
+    },
+)
+async def confluence_webhook(
+    request: Request,
+    event: str | None = Query(default=None, max_length=100, description="Event name for Cloud REST hooks"),
+    token: str | None = Query(default=None, max_length=500, description="Shared token (Cloud REST hooks)"),
+) -> JSONResponse:
+    rt = request.app.state.runtime
+    settings = rt.settings
+    metrics = rt.metrics
+    try:
+        body = await _read_body(request, settings.max_body_bytes)
+        authenticate_webhook(body, request.headers, token, settings)
+        parsed = parse_event(body, event)
+    except WebhookRejected as exc:
+        metrics.webhooks.labels(event or "unknown", f"rejected_{exc.status_code}").inc()
+        return JSONResponse({"status": "rejected", "reason": str(exc)}, status_code=exc.status_code)
+
+    if isinstance(parsed, Ignored):
+        metrics.webhooks.labels(parsed.event, "ignored").inc()
+        return JSONResponse({"status": "ignored", "reason": parsed.reason}, status_code=200)
+
+    digest = delivery_digest(body, request.headers)
+    try:
+        if settings.dedupe_window_seconds and await seen_recently(rt.pool, digest, settings.dedupe_window_seconds):
+            metrics.webhooks.labels(parsed.event, "duplicate").inc()
+            return JSONResponse({"status": "duplicate", "page_id": parsed.page_id}, status_code=200)
+        outcome = await enqueue_page(rt.queue, parsed.page_id, content_type=parsed.content_type, event=parsed.event)
+    except (DatabaseUnavailable, OSError) as exc:
+        metrics.webhooks.labels(parsed.event, "unavailable").inc()
+        log.error("cannot store webhook job", extra={"page_id": parsed.page_id, "error": str(exc)})
+        return JSONResponse(
+            {"status": "unavailable", "reason": "the job queue is unreachable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    except Exception as exc:  # psycopg pool timeouts and the like: never a 202 for unstored work
+        metrics.webhooks.labels(parsed.event, "unavailable").inc()
+        log.exception("cannot store webhook job", extra={"page_id": parsed.page_id})
+        return JSONResponse(
+            {"status": "unavailable", "reason": f"the job could not be stored ({type(exc).__name__})"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    try:
+        await remember_delivery(rt.pool, digest)
+    except Exception:  # best effort: the job is stored, a missed dedupe only costs a no-op job
+        log.warning("could not record delivery digest", extra={"page_id": parsed.page_id})
+    metrics.webhooks.labels(parsed.event, outcome).inc()
+    return JSONResponse({"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202)
