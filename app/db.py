@@ -100,13 +100,25 @@ async def migrate(url: str, settings: Settings, *, table: str | None = None) -> 
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
 
 
+def vector_index_names(table: str) -> dict[str, str]:
+    """Index names of `data_<table>` by role; PGVectorStore's own names where it has one."""
+    physical = f"data_{table}"
+    return {
+        "node_id": f"{physical}_node_id_key",
+        "tsv": f"{table}_idx",
+        "ref_doc_id": f"{table}_idx_1",
+        "space_key": f"{physical}_space_key_idx",
+        "embedding": f"{physical}_embedding_idx",
+    }
+
+
 async def ensure_vector_table(conn: psycopg.AsyncConnection[Any], table: str, dim: int) -> None:
     """The `data_<table>` table exactly as LlamaIndex's `PGVectorStore` (hybrid, jsonb) models it, plus
     what our write path needs: a unique `node_id` (so no duplicate can ever exist), an HNSW cosine index,
     and btree indexes on the metadata we filter by.
     """
-    physical = f"data_{table}"
-    ident = sql.Identifier(physical)
+    t = sql.Identifier(f"data_{table}")
+    names = {role: sql.Identifier(name) for role, name in vector_index_names(table).items()}
     statements = [
         sql.SQL(
             """CREATE TABLE IF NOT EXISTS {t} (
@@ -117,24 +129,21 @@ async def ensure_vector_table(conn: psycopg.AsyncConnection[Any], table: str, di
                 embedding VECTOR({dim}),
                 text_search_tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
             )"""
-        ).format(t=ident, dim=sql.Literal(dim)),
-        sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (node_id)").format(
-            i=sql.Identifier(f"{physical}_node_id_key"), t=ident
-        ),
-        # Names as PGVectorStore would give them, so its own create_all finds them in place.
+        ).format(t=t, dim=sql.Literal(dim)),
+        sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (node_id)").format(i=names["node_id"], t=t),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (text_search_tsv)").format(
-            i=sql.Identifier(f"{table}_idx"), t=ident
+            i=names["tsv"], t=t
         ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'ref_doc_id'))").format(
-            i=sql.Identifier(f"{table}_idx_1"), t=ident
+            i=names["ref_doc_id"], t=t
         ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'space_key'))").format(
-            i=sql.Identifier(f"{physical}_space_key_idx"), t=ident
+            i=names["space_key"], t=t
         ),
         sql.SQL(
             "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops) "
             "WITH (m = 16, ef_construction = 64)"
-        ).format(i=sql.Identifier(f"{physical}_embedding_idx"), t=ident),
+        ).format(i=names["embedding"], t=t),
     ]
     for statement in statements:
         await conn.execute(statement)
@@ -169,4 +178,3 @@ async def _apply_procrastinate_schema(conn: psycopg.AsyncConnection[Any]) -> Non
     from procrastinate import schema
 
     await conn.execute(schema.SchemaManager.get_schema())  # type: ignore[arg-type]
-

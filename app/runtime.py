@@ -55,7 +55,7 @@ class Runtime:
             settings=settings,
             database_url=url,
             pool=pool,
-            store=VectorStore(pool, settings.vector_table),
+            store=VectorStore(pool, settings.vector_table, embed_model=settings.embed_model),
             queue=queue,
             confluence=ConfluenceClient(settings, on_retry=metrics.confluence_retry),
             embedder=OllamaBgeM3Embedding.from_settings(settings),

@@ -78,9 +78,21 @@ def row_metadata(node: BaseNode) -> dict[str, Any]:
 class VectorStore:
     """Reads and writes one `data_<table>` table and the `cv_pages` state rows."""
 
-    def __init__(self, pool: AsyncConnectionPool, table: str) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        table: str,
+        *,
+        track_state: bool = True,
+        embed_model: str | None = None,
+    ) -> None:
+        """`track_state=False` writes rows only (a reindex's shadow table); `embed_model`, when given, is
+        checked against the model recorded for the table inside every write, so a worker still running an
+        old model after a reindex cannot put its vectors into the rebuilt table."""
         self.pool = pool
         self.table = table
+        self.track_state = track_state
+        self.embed_model = embed_model
         self._t = sql.Identifier(f"data_{table}")
 
     # --- reads ---------------------------------------------------------------------------------------
@@ -114,7 +126,9 @@ class VectorStore:
                 cur = await conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=self._t))
             else:
                 cur = await conn.execute(
-                    sql.SQL("SELECT count(*) FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t),
+                    sql.SQL("SELECT count(*) FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(
+                        t=self._t
+                    ),
                     (page_id,),
                 )
             row = await cur.fetchone()
@@ -138,7 +152,8 @@ class VectorStore:
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate node ids for page {page.id}")
         async with self.pool.connection() as conn, conn.transaction():
-            stored = await self._lock_page(conn, page.id)
+            await self._check_model(conn)
+            stored = await self._lock_page(conn, page.id) if self.track_state else None
             if stored is not None and stored.status == "indexed" and (stored.version or 0) > page.version:
                 log.info(
                     "stale write refused",
@@ -160,31 +175,37 @@ class VectorStore:
             if kept_nodes and (stored is None or stored.meta_hash != page_meta_hash):
                 metadata_updated = await self._refresh_metadata(conn, kept_nodes)
             await self._copy_rows(conn, new_nodes, embeddings)
-            await conn.execute(
-                """UPDATE cv_pages SET content_type = %s, space_key = %s, title = %s, url = %s, version = %s,
-                          last_modified = %s, status = 'indexed', reason = NULL, content_hash = %s,
-                          meta_hash = %s, chunk_count = %s, indexed_at = now(), last_error = NULL,
-                          attempts = 0, updated_at = now()
-                   WHERE page_id = %s""",
-                (
-                    page.content_type,
-                    page.space_key,
-                    page.title,
-                    page.url,
-                    page.version,
-                    page.last_modified,
-                    content_hash(ids),
-                    page_meta_hash,
-                    len(ids),
-                    page.id,
-                ),
-            )
+            if self.track_state:
+                await self._record_indexed(conn, page, ids, page_meta_hash)
         return WriteResult(
             written=True,
             inserted=len(new_nodes),
             deleted=deleted,
             kept=len(kept_nodes),
             metadata_updated=metadata_updated,
+        )
+
+    async def _record_indexed(
+        self, conn: AsyncConnection[Any], page: Page, ids: Sequence[str], page_meta_hash: str
+    ) -> None:
+        await conn.execute(
+            """UPDATE cv_pages SET content_type = %s, space_key = %s, title = %s, url = %s, version = %s,
+                          last_modified = %s, status = 'indexed', reason = NULL, content_hash = %s,
+                          meta_hash = %s, chunk_count = %s, indexed_at = now(), last_error = NULL,
+                          attempts = 0, updated_at = now()
+                   WHERE page_id = %s""",
+            (
+                page.content_type,
+                page.space_key,
+                page.title,
+                page.url,
+                page.version,
+                page.last_modified,
+                content_hash(ids),
+                page_meta_hash,
+                len(ids),
+                page.id,
+            ),
         )
 
     async def delete_page(
@@ -235,6 +256,18 @@ class VectorStore:
             )
 
     # --- helpers ---------------------------------------------------------------------------------------
+    async def _check_model(self, conn: AsyncConnection[Any]) -> None:
+        if self.embed_model is None:
+            return
+        row = await (
+            await conn.execute("SELECT embed_model FROM cv_index_meta WHERE table_name = %s", (self.table,))
+        ).fetchone()
+        if row is not None and row[0] != self.embed_model:
+            raise RetryableError(
+                f"data_{self.table} is now built with {row[0]}, this process embeds with {self.embed_model}: "
+                "restart it with the new EMBED_MODEL"
+            )
+
     async def _lock_page(self, conn: AsyncConnection[Any], page_id: str) -> PageState | None:
         """Lock the page's state row (creating it) for the rest of the transaction; return what it held."""
         await conn.execute(
@@ -253,9 +286,9 @@ class VectorStore:
 
     async def _delete_except(self, conn: AsyncConnection[Any], page_id: str, keep: set[str]) -> int:
         cur = await conn.execute(
-            sql.SQL("DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s AND NOT (node_id = ANY(%s))").format(
-                t=self._t
-            ),
+            sql.SQL(
+                "DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s AND NOT (node_id = ANY(%s))"
+            ).format(t=self._t),
             (page_id, list(keep)),
         )
         return cur.rowcount
@@ -284,9 +317,7 @@ class VectorStore:
             copy.set_types(["varchar", "jsonb", "varchar", "vector"])
             for node in nodes:
                 vector = np.asarray(embeddings[node.node_id], dtype=np.float32)
-                await copy.write_row(
-                    (node.get_content(), Jsonb(row_metadata(node)), node.node_id, vector)
-                )
+                await copy.write_row((node.get_content(), Jsonb(row_metadata(node)), node.node_id, vector))
 
 
 def sqlalchemy_urls(database_url: str) -> tuple[str, str]:

@@ -1,0 +1,382 @@
+"""Backfill, reconciliation and reindex: the index converges on the wiki even when webhooks do not arrive.
+
+All three feed the same queue and pipeline as webhooks, so a page is processed one way only. Enumeration is
+streamed (bounded memory whatever the space size), and a page whose listed version we already hold is not even
+enqueued, so re-running a sync over an unchanged space costs listing calls only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import sql
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from app.config import Settings
+from app.models import PageRef
+from app.queue import enqueue_page
+from app.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_BATCH = 200
+
+
+@dataclass
+class BackfillReport:
+    seen: int = 0
+    queued: int = 0
+    skipped_unchanged: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class ReconcileReport:
+    since: str | None = None
+    modified_seen: int = 0
+    queued_modified: int = 0
+    held_checked: int = 0
+    queued_vanished: int = 0
+    seconds: float = 0.0
+    finished_at: str = ""
+
+
+@dataclass
+class ReindexReport:
+    table: str
+    pages: int = 0
+    chunks: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+# --- small state store ------------------------------------------------------------------------------------
+async def get_state(rt: Runtime, key: str) -> dict[str, Any] | None:
+    async with rt.pool.connection() as conn:
+        row = await (await conn.execute("SELECT value FROM cv_state WHERE key = %s", (key,))).fetchone()
+    return row[0] if row else None
+
+
+async def set_state(rt: Runtime, key: str, value: dict[str, Any] | None) -> None:
+    async with rt.pool.connection() as conn:
+        if value is None:
+            await conn.execute("DELETE FROM cv_state WHERE key = %s", (key,))
+        else:
+            await conn.execute(
+                """INSERT INTO cv_state (key, value) VALUES (%s, %s::jsonb)
+                   ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
+                (key, json.dumps(value)),
+            )
+
+
+async def _held_versions(rt: Runtime, ids: Sequence[str]) -> dict[str, int]:
+    """Versions we hold as indexed, for a batch of ids (one query per batch, not per page)."""
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT page_id, version FROM cv_pages WHERE page_id = ANY(%s) AND status = 'indexed'",
+            (list(ids),),
+        )
+        return {row[0]: int(row[1]) for row in await cur.fetchall() if row[1] is not None}
+
+
+async def _enqueue_changed(
+    rt: Runtime, refs: list[PageRef], *, event: str, force: bool = False
+) -> tuple[int, int]:
+    """Enqueue the refs whose version differs from what we hold. Returns (queued, skipped)."""
+    held = {} if force else await _held_versions(rt, [r.id for r in refs])
+    queued = skipped = 0
+    for ref in refs:
+        if ref.version is not None and held.get(ref.id) == ref.version:
+            skipped += 1
+            continue
+        await rt.store.mark_pending(ref.id, ref.content_type)
+        if await enqueue_page(rt.queue, ref.id, content_type=ref.content_type, event=event) == "queued":
+            queued += 1
+    return queued, skipped
+
+
+async def _batches(refs: AsyncIterator[PageRef], size: int = _BATCH) -> AsyncIterator[list[PageRef]]:
+    batch: list[PageRef] = []
+    async for ref in refs:
+        batch.append(ref)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --- backfill ----------------------------------------------------------------------------------------------
+async def backfill(
+    rt: Runtime,
+    space_keys: Sequence[str] | None,
+    console: Console | None = None,
+    *,
+    restart: bool = False,
+    force: bool = False,
+) -> BackfillReport:
+    """Enqueue every page and blog post of `space_keys` (None: all spaces), resumably.
+
+    Progress is saved per space after each batch; an interrupted run resumes at the space and position it
+    reached, skipping (without enqueueing) what it had already passed.
+    """
+    started = time.monotonic()
+    keys = list(space_keys) if space_keys else await rt.confluence.list_space_keys()
+    state_key = "backfill:" + (",".join(sorted(keys)) if space_keys else "*")
+    saved = None if restart else await get_state(rt, state_key)
+    done_spaces: list[str] = list(saved.get("done", [])) if saved else []
+    resume_space, resume_at = (saved.get("space"), int(saved.get("position", 0))) if saved else (None, 0)
+    report = BackfillReport()
+    total = await _count(rt, keys)
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.0f} pages/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        disable=console is None,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("sync", total=total, rate=0.0)
+        for key in keys:
+            if key in done_spaces:
+                continue
+            skip = resume_at if key == resume_space else 0
+            position = 0
+            async for batch in _batches(rt.confluence.iter_pages([key])):
+                if position + len(batch) <= skip:
+                    position += len(batch)
+                    progress.advance(task, len(batch))
+                    continue
+                queued, skipped = await _enqueue_changed(rt, batch, event="backfill", force=force)
+                report.queued += queued
+                report.skipped_unchanged += skipped
+                report.seen += len(batch)
+                position += len(batch)
+                await set_state(rt, state_key, {"done": done_spaces, "space": key, "position": position})
+                elapsed = max(time.monotonic() - started, 1e-6)
+                progress.update(
+                    task, advance=len(batch), description=f"sync {key}", rate=report.seen / elapsed
+                )
+            done_spaces.append(key)
+            await set_state(rt, state_key, {"done": done_spaces, "space": None, "position": 0})
+    await set_state(rt, state_key, None)  # complete: the next run starts fresh
+    report.seconds = time.monotonic() - started
+    log.info("backfill done", extra={"spaces": ",".join(keys), **report.__dict__})
+    return report
+
+
+async def _count(rt: Runtime, keys: Sequence[str]) -> int | None:
+    counter = getattr(rt.confluence, "count_pages", None)
+    if counter is None:
+        return None
+    try:
+        return int(await counter(keys))
+    except Exception:  # a progress total is a nicety; never fail a sync over it
+        return None
+
+
+# --- reconciliation ----------------------------------------------------------------------------------------
+async def reconcile_due(rt: Runtime) -> bool:
+    state = await get_state(rt, "reconcile")
+    if not state or "finished_at" not in state:
+        return True
+    finished = datetime.fromisoformat(state["finished_at"])
+    return datetime.now(UTC) - finished >= timedelta(seconds=rt.settings.reconcile_interval)
+
+
+async def reconcile(rt: Runtime) -> ReconcileReport:
+    """Enqueue pages modified since the last checkpoint (minus an overlap for clock skew), and pages we hold
+    that Confluence no longer shows (their job finds them gone and deletes their vectors)."""
+    started_wall = datetime.now(UTC)
+    started = time.monotonic()
+    state = await get_state(rt, "reconcile") or {}
+    since: datetime | None = None
+    if "checkpoint" in state:
+        since = datetime.fromisoformat(state["checkpoint"]) - timedelta(seconds=rt.settings.reconcile_overlap)
+    report = ReconcileReport(since=since.isoformat() if since else None)
+
+    async for batch in _batches(rt.confluence.iter_pages(None, since=since)):
+        queued, _ = await _enqueue_changed(rt, batch, event="reconcile")
+        report.modified_seen += len(batch)
+        report.queued_modified += queued
+
+    async for held in _held_pages(rt):
+        report.held_checked += len(held)
+        present = await rt.confluence.existing_ids(held)
+        for page_id in held:
+            if (
+                page_id not in present
+                and await enqueue_page(rt.queue, page_id, event="reconcile_vanished") == "queued"
+            ):
+                report.queued_vanished += 1
+
+    report.seconds = time.monotonic() - started
+    report.finished_at = datetime.now(UTC).isoformat()
+    await set_state(
+        rt,
+        "reconcile",
+        {"checkpoint": started_wall.isoformat(), "finished_at": report.finished_at, **_summary(report)},
+    )
+    log.info("reconciliation done", extra=_summary(report))
+    return report
+
+
+def _summary(report: ReconcileReport) -> dict[str, Any]:
+    return {k: v for k, v in report.__dict__.items() if k not in {"finished_at"}}
+
+
+async def _held_pages(rt: Runtime) -> AsyncIterator[list[str]]:
+    """Ids of pages with rows (or skipped as restricted), in keyset-paginated batches."""
+    last = ""
+    while True:
+        async with rt.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT page_id FROM cv_pages WHERE status IN ('indexed', 'skipped') AND page_id > %s
+                   ORDER BY page_id LIMIT %s""",
+                (last, _BATCH),
+            )
+            ids = [row[0] for row in await cur.fetchall()]
+        if not ids:
+            return
+        yield ids
+        last = ids[-1]
+
+
+# --- reindex -----------------------------------------------------------------------------------------------
+async def reindex(settings: Settings, console: Console | None = None) -> ReindexReport:
+    """Re-embed every indexed page into a shadow table with the configured model, then swap it in atomically.
+
+    Search keeps answering from the old table until the swap. Pages changed while the rebuild ran are
+    re-enqueued after the swap, so nothing indexed meanwhile is lost.
+    """
+    from app.chunking import chunk_page, embed_text, page_metadata
+    from app.confluence import ConfluenceClient
+    from app.convert import storage_to_markdown, user_refs
+    from app.db import database_url, ensure_vector_table, make_pool
+    from app.embeddings import OllamaBgeM3Embedding
+    from app.errors import PageNotFound
+    from app.vector_store import VectorStore, metadata_hash
+
+    url = database_url(settings)
+    shadow = f"{settings.vector_table}_reindex"
+    shadow_physical = f"data_{shadow}"
+    report = ReindexReport(table=settings.physical_table)
+    pool = make_pool(url, max_size=4)
+    await pool.open(wait=True)
+    client = ConfluenceClient(settings)
+    embedder = OllamaBgeM3Embedding.from_settings(settings)
+    started = datetime.now(UTC)
+    try:
+        await embedder.check_model()
+        async with pool.connection() as conn:
+            await conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=sql.Identifier(shadow_physical)))
+            await ensure_vector_table(conn, shadow, settings.embed_dim)
+            await conn.execute(
+                """INSERT INTO cv_index_meta (table_name, embed_model, embed_dim) VALUES (%s, %s, %s)
+                   ON CONFLICT (table_name) DO UPDATE SET embed_model = EXCLUDED.embed_model,
+                       embed_dim = EXCLUDED.embed_dim""",
+                (shadow, settings.embed_model, settings.embed_dim),
+            )
+            cur = await conn.execute("SELECT page_id, content_type FROM cv_pages WHERE status = 'indexed'")
+            pages = await cur.fetchall()
+        store = VectorStore(pool, shadow, track_state=False, embed_model=settings.embed_model)
+        for page_id, content_type in pages:
+            try:
+                page = await client.get_page(page_id, content_type)
+            except PageNotFound:
+                continue
+            users = await client.resolve_users(user_refs(page.body_storage))
+            markdown = storage_to_markdown(page.body_storage, users=users, title=page.title)
+            nodes = chunk_page(
+                page,
+                markdown,
+                chunk_size=settings.chunk_size,
+                chunk_overlap=settings.chunk_overlap,
+                max_tokens=settings.embed_max_tokens,
+            )
+            vectors = await embedder.aembed_many([embed_text(n) for n in nodes])
+            await store.replace_page(
+                page,
+                nodes,
+                {n.node_id: v for n, v in zip(nodes, vectors, strict=True)},
+                page_meta_hash=metadata_hash(page_metadata(page)),
+            )
+            report.pages += 1
+            report.chunks += len(nodes)
+            if console is not None and report.pages % 50 == 0:
+                console.print(f"{report.pages}/{len(pages)} pages re-embedded")
+        await _swap_tables(pool, settings, shadow)
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT page_id, content_type FROM cv_pages WHERE updated_at >= %s", (started,)
+            )
+            changed = await cur.fetchall()
+    finally:
+        await client.aclose()
+        await embedder.aclose()
+        await pool.close()
+    if changed:
+        from app.queue import build_queue
+
+        queue = build_queue(url, settings)
+        async with queue.open_async():
+            for page_id, content_type in changed:
+                await enqueue_page(queue, page_id, content_type=content_type, event="reindex")
+    return report
+
+
+async def _swap_tables(pool: Any, settings: Settings, shadow_table: str) -> None:
+    """One transaction: readers see the old table or the new one, never neither. Indexes are renamed too,
+    so the next start-up finds them under their usual names."""
+    from app.db import vector_index_names
+
+    main_table = settings.vector_table
+    physical, shadow, retired = f"data_{main_table}", f"data_{shadow_table}", f"data_{main_table}_retired"
+    ident = sql.Identifier
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {r}").format(r=ident(retired)))
+        await conn.execute(
+            sql.SQL("ALTER TABLE IF EXISTS {p} RENAME TO {r}").format(p=ident(physical), r=ident(retired))
+        )
+        for role, name in vector_index_names(main_table).items():
+            await conn.execute(
+                sql.SQL("ALTER INDEX IF EXISTS {i} RENAME TO {n}").format(
+                    i=ident(name), n=ident(f"old_{role}_{name}"[:63])
+                )
+            )
+        await conn.execute(
+            sql.SQL("ALTER TABLE {s} RENAME TO {p}").format(s=ident(shadow), p=ident(physical))
+        )
+        main_names = vector_index_names(main_table)
+        for role, name in vector_index_names(shadow_table).items():
+            await conn.execute(
+                sql.SQL("ALTER INDEX IF EXISTS {i} RENAME TO {n}").format(
+                    i=ident(name), n=ident(main_names[role])
+                )
+            )
+        await conn.execute(sql.SQL("DROP TABLE {r}").format(r=ident(retired)))
+        await conn.execute(
+            """INSERT INTO cv_index_meta (table_name, embed_model, embed_dim) VALUES (%s, %s, %s)
+               ON CONFLICT (table_name) DO UPDATE SET embed_model = EXCLUDED.embed_model,
+                   embed_dim = EXCLUDED.embed_dim, created_at = now()""",
+            (main_table, settings.embed_model, settings.embed_dim),
+        )
+        await conn.execute("DELETE FROM cv_index_meta WHERE table_name = %s", (shadow_table,))
