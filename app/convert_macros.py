@@ -1,0 +1,299 @@
+"""Confluence's own vocabulary — `ac:` macros, links, images, tasks and `ri:` resources — as Markdown.
+
+Kept apart from `convert.py` so the HTML core stays small and this file reads as the list of Confluence
+constructs we understand. Handlers get the renderer through the `Render` protocol, so this module never
+imports its caller; the small Markdown helpers shared by both files (list items, quotes, fences) live here
+for the same reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+Element = Any  # lxml ships no type stubs; every element we touch is an lxml `_Element`
+Rendered = str | list[str]  # a str is an inline run, a list holds finished Markdown blocks
+
+AC_NS = "http://atlassian.com/content"
+RI_NS = "http://atlassian.com/resource/identifier"
+AT_NS = "http://atlassian.com/template"
+_PREFIX = {AC_NS: "ac", RI_NS: "ri", AT_NS: "at"}
+_NAMESPACE = {prefix: ns for ns, prefix in _PREFIX.items()}
+
+# Blocks that may follow a list item's first line without a blank line (nested lists, fences).
+_TIGHT = re.compile(r"^(?:[-*+] |\d+[.)] |`{3,}|~{3,})")
+# A first line that would change meaning if a label were put in front of it.
+_BLOCK_START = re.compile(r"^(?:#{1,6} |[-*+] |\d+[.)] |`{3,}|~{3,}|>|\||---$)")
+_BACKTICKS = re.compile(r"`+")
+_WS = re.compile(r"\s+")
+
+_EMOTICONS = {
+    "smile": "🙂", "sad": "🙁", "cheeky": "😛", "laugh": "😀", "wink": "😉",
+    "thumbs-up": "👍", "thumbs-down": "👎", "information": "ℹ️", "tick": "✅", "cross": "❌",
+    "warning": "⚠️", "plus": "➕", "minus": "➖", "question": "❓", "light-on": "💡", "light-off": "💡",
+    "yellow-star": "⭐", "red-star": "⭐", "green-star": "⭐", "blue-star": "⭐",
+    "heart": "❤️", "broken-heart": "💔",
+}  # fmt: skip
+_PANELS = {"info", "note", "warning", "tip", "panel"}
+_DROPPED_MACROS = {"toc", "children", "pagetree", "anchor"}
+_SWITCHES = {"true", "false"}  # parameter values that are settings, not page text
+
+
+class Render(Protocol):
+    """What a handler may ask of the renderer: the user names and recursive rendering of children."""
+
+    users: Mapping[str, str]
+
+    def blocks(self, el: Element) -> list[str]: ...
+
+    def inline(self, el: Element) -> str: ...
+
+
+Handler = Callable[[Render, Element], Rendered]
+
+
+# --- element access that works for both parsers (namespaced XML and the prefix-preserving HTML fallback)
+
+
+def tag(el: Element) -> str:
+    """`ac:link`, `ri:page`, `p`… for an element; "" for comments, PIs and entities."""
+    raw = el.tag
+    if not isinstance(raw, str):
+        return ""
+    if raw.startswith("{"):
+        ns, _, local = raw[1:].partition("}")
+        prefix = _PREFIX.get(ns)
+        return f"{prefix}:{local}".lower() if prefix else local.lower()
+    return raw.lower()
+
+
+def attr(el: Element, name: str) -> str:
+    """An attribute by its storage-format name (`ac:name`, `ri:filename`, `href`), "" when absent."""
+    prefix, _, local = name.rpartition(":")
+    namespace = _NAMESPACE.get(prefix)
+    value = el.get(f"{{{namespace}}}{local}") if namespace else None
+    if value is None:
+        value = el.get(name)
+    return str(value) if value else ""
+
+
+def child(el: Element, name: str) -> Element | None:
+    """The first child called `name`, if any."""
+    return next((c for c in el if tag(c) == name), None)
+
+
+def raw_text(el: Element | None) -> str:
+    """All text under `el` verbatim (CDATA included): for code bodies, where whitespace is content."""
+    return "" if el is None else "".join(t for t in el.itertext() if isinstance(t, str))
+
+
+def squash(text: str) -> str:
+    """Whitespace collapsed to single spaces, ends trimmed."""
+    return _WS.sub(" ", text).strip()
+
+
+# --- Markdown helpers shared with convert.py
+
+
+def list_item(marker: str, blocks: list[str], width: int | None = None) -> str:
+    """One list item: the marker, then every further line indented to the item's content column."""
+    if not blocks:
+        return marker.rstrip()
+    text = blocks[0]
+    for block in blocks[1:]:
+        text += ("\n" if _TIGHT.match(block) else "\n\n") + block
+    pad = " " * (len(marker) if width is None else width)
+    first, *rest = text.split("\n")
+    return "\n".join([marker + first, *(pad + line if line else "" for line in rest)])
+
+
+def quote(blocks: list[str]) -> str:
+    """Blocks as one block quote, every line prefixed so nested lists and code stay inside it."""
+    lines = "\n\n".join(blocks).split("\n")
+    return "\n".join(f"> {line}" if line else ">" for line in lines)
+
+
+def labelled(label: str, blocks: list[str]) -> list[str]:
+    """A panel: `> **Label:** first paragraph…`, the label on its own line before lists, code or tables."""
+    head = f"**{label}:**"
+    if not blocks:
+        return []
+    if _BLOCK_START.match(blocks[0]):
+        return [quote([head, *blocks])]
+    return [quote([f"{head} {blocks[0]}", *blocks[1:]])]
+
+
+def fence(body: str, info: str = "") -> str:
+    """A fenced code block; the fence outgrows any backtick run inside so the body cannot close it."""
+    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    longest = max((len(run) for run in _BACKTICKS.findall(body)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return "\n".join([ticks + info, *lines, ticks])
+
+
+# --- resources, links, images, emoticons
+
+
+def user_name(users: Mapping[str, str], el: Element) -> str:
+    """Display name of a `ri:user` (Cloud account id, or Data Center username / userkey)."""
+    keys = [attr(el, "ri:account-id"), attr(el, "ri:username"), attr(el, "ri:userkey")]
+    for key in keys:
+        if key and users.get(key):
+            return users[key]
+    return attr(el, "ri:username") or "@unknown-user"
+
+
+def resource(r: Render, el: Element) -> str:
+    """The human-readable name of a `ri:` reference: page title, file name, user, space key or URL."""
+    kind = tag(el)
+    if kind == "ri:user":
+        return user_name(r.users, el)
+    if kind == "ri:shortcut":
+        return f"{attr(el, 'ri:key')}:{attr(el, 'ri:parameter')}".strip(":")
+    for name in ("ri:content-title", "ri:filename", "ri:space-key", "ri:value", "ri:content-id"):
+        if value := attr(el, name):
+            return value
+    return ""
+
+
+def _resource_child(el: Element) -> Element | None:
+    return next((c for c in el if tag(c).startswith("ri:")), None)
+
+
+def link(r: Render, el: Element) -> str:
+    """`ac:link`: the text the reader saw, else what it points to; external URLs stay Markdown links."""
+    body = ""
+    for c in el:
+        if tag(c) == "ac:link-body":
+            body = squash(r.inline(c))
+        elif tag(c) == "ac:plain-text-link-body":
+            body = squash(raw_text(c))
+    target = _resource_child(el)
+    name = resource(r, target) if target is not None else ""
+    text = body or name or attr(el, "ac:anchor")
+    if target is not None and tag(target) == "ri:url" and name and text != name:
+        return f"[{text}]({name})"
+    return text
+
+
+def image(r: Render, el: Element) -> str:
+    """`![alt or filename]`, with the caption (often a menu path worth finding) in italics below."""
+    target = _resource_child(el)
+    name = resource(r, target) if target is not None else ""
+    alt = (attr(el, "ac:alt").strip() or name or attr(el, "ac:title")).replace("]", "\\]")
+    caption_el = child(el, "ac:caption")
+    caption = squash(r.inline(caption_el)) if caption_el is not None else ""
+    shown = f"![{alt}]" if alt else ""
+    return "\n".join(part for part in (shown, f"_{caption}_" if caption else "") if part)
+
+
+def emoticon(r: Render, el: Element) -> str:
+    """The emoji itself; a `:shortname:` fallback is not one, so the name mapping is tried next."""
+    fallback = attr(el, "ac:emoji-fallback").strip()
+    if fallback and not (fallback.startswith(":") and fallback.endswith(":")):
+        return fallback
+    return _EMOTICONS.get(attr(el, "ac:name").lower(), "")
+
+
+def task_list(r: Render, el: Element) -> list[str]:
+    """`- [x]` / `- [ ]` per task, nested task lists indented under their task."""
+    items = []
+    for task in el:
+        if tag(task) != "ac:task":
+            continue
+        done = raw_text(child(task, "ac:task-status")).strip().lower() == "complete"
+        body = child(task, "ac:task-body")
+        blocks = r.blocks(body) if body is not None else []
+        items.append(list_item("- [x] " if done else "- [ ] ", blocks, width=2))
+    return ["\n".join(items)] if items else []
+
+
+def adf_extension(r: Render, el: Element) -> list[str]:
+    """Render the ADF node once; `ac:adf-fallback` repeats the same content and is read only if it is all."""
+    blocks = [b for c in el if tag(c) == "ac:adf-node" for b in _adf_node(r, c)]
+    if blocks:
+        return blocks
+    fallback = child(el, "ac:adf-fallback")
+    return r.blocks(fallback) if fallback is not None else []
+
+
+def _adf_node(r: Render, node: Element) -> list[str]:
+    blocks: list[str] = []
+    kind = attr(node, "type").lower()
+    attributes = {attr(c, "key").lower(): raw_text(c).strip() for c in node if tag(c) == "ac:adf-attribute"}
+    for c in node:
+        if tag(c) == "ac:adf-node":
+            blocks.extend(_adf_node(r, c))
+        elif tag(c) == "ac:adf-content":
+            blocks.extend(r.blocks(c))
+    if kind == "panel":
+        panel_type = attributes.get("panel-type", "")
+        return labelled(panel_type.capitalize() if panel_type not in ("", "custom") else "Panel", blocks)
+    return blocks
+
+
+# --- structured macros
+
+
+def macro(r: Render, el: Element) -> Rendered:
+    """`ac:structured-macro` (and the older `ac:macro`) by `ac:name`; unknown ones keep their content."""
+    name = attr(el, "ac:name").lower()
+    if name in _DROPPED_MACROS:
+        return ""
+    params = {attr(p, "ac:name").lower(): squash(r.inline(p)) for p in el if tag(p) == "ac:parameter"}
+    if name in ("code", "noformat"):
+        return _code(el, params)
+    if name in _PANELS:
+        body = child(el, "ac:rich-text-body")
+        return labelled(params.get("title") or name.capitalize(), r.blocks(body) if body is not None else [])
+    if name == "expand":
+        body = child(el, "ac:rich-text-body")
+        return [f"**{params.get('title') or 'Expand'}**", *(r.blocks(body) if body is not None else [])]
+    if name == "status":
+        return f"[{params['title'].upper()}]" if params.get("title") else ""
+    if name == "jira":
+        return params.get("key") or params.get("jqlquery", "")
+    if name == "excerpt":
+        body = child(el, "ac:rich-text-body")
+        return r.blocks(body) if body is not None else []
+    return _other_macro(r, el, params)
+
+
+def _code(el: Element, params: dict[str, str]) -> list[str]:
+    """Fenced code: the language as info string, the title as a bold line right above the fence."""
+    body = raw_text(child(el, "ac:plain-text-body"))
+    title = params.get("title", "")
+    if not body.strip() and not title:
+        return []
+    language = params.get("language", "").split(" ")[0].replace("`", "")
+    block = fence(body, "" if language.lower() == "none" else language)
+    return [f"**{title}**\n{block}" if title else block]
+
+
+def _other_macro(r: Render, el: Element, params: dict[str, str]) -> Rendered:
+    """A macro we do not know: its body if it has one, else its parameters' values (file names, titles)."""
+    rich = child(el, "ac:rich-text-body")
+    if rich is not None:
+        return r.blocks(rich)
+    plain = child(el, "ac:plain-text-body")
+    if plain is not None:
+        body = raw_text(plain)
+        return [fence(body)] if body.strip() else []
+    values = [value for value in params.values() if value and value.lower() not in _SWITCHES]
+    default = child(el, "ac:default-parameter")
+    if default is not None:
+        values.insert(0, squash(r.inline(default)))
+    text = " ".join(value for value in values if value)
+    return f" {text} " if text else ""
+
+
+HANDLERS: dict[str, Handler] = {
+    "ac:structured-macro": macro, "ac:macro": macro, "ac:adf-extension": adf_extension, "ac:link": link,
+    "ac:image": image, "ac:emoticon": emoticon, "ac:task-list": task_list,
+    **{f"ri:{name}": resource for name in ("user", "page", "blog-post", "attachment", "space", "url")},
+}  # fmt: skip

