@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -37,7 +37,7 @@ def _settings() -> Settings:
     return settings
 
 
-def _run(factory: Callable[[], Awaitable[T]]) -> T:
+def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(factory())
     except ConfluenceVectorsError as exc:
@@ -72,7 +72,9 @@ def serve(
 
 @cli.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Jobs at once (default WORKER_CONCURRENCY).")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs at once (default WORKER_CONCURRENCY).")
+    ] = None,
 ) -> None:
     """Run a queue worker only: start more of these, on more machines, to scale out."""
     from app.queue import run_worker
@@ -113,7 +115,9 @@ def sync(
         err.print("Give --space KEY (repeatable) or --all.")
         raise typer.Exit(2)
     settings = _settings()
-    report = _run(lambda: _with_runtime(settings, lambda rt: backfill(rt, space or None, console, restart=restart)))
+    report = _run(
+        lambda: _with_runtime(settings, lambda rt: backfill(rt, space or None, console, restart=restart))
+    )
     console.print(f"Enqueued {report.queued} pages ({report.seen} seen) in {report.seconds:.1f}s.")
 
 
@@ -168,7 +172,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             for col in ("page_id", "title", "attempts", "last_error"):
                 t.add_column(col)
             for row in rows:
-                t.add_row(str(row["page_id"]), str(row["title"] or ""), str(row["attempts"]), str(row["last_error"]))
+                t.add_row(
+                    str(row["page_id"]), str(row["title"] or ""), str(row["attempts"]), str(row["last_error"])
+                )
             console.print(t)
 
 
@@ -189,7 +195,14 @@ def search(
 
     async def run(rt: Any) -> Any:
         return await do_search(
-            rt.pool, rt.embedder, settings.vector_table, query, k=k, space=space, label=label, mode=SearchMode(mode)
+            rt.pool,
+            rt.embedder,
+            settings.vector_table,
+            query,
+            k=k,
+            space=space,
+            label=label,
+            mode=SearchMode(mode),
         )
 
     hits = _run(lambda: _with_runtime(settings, run))

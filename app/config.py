@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None, description="Postgres URL. Unset: an embedded PostgreSQL with pgvector under DATA_DIR."
     )
-    data_dir: Path = Field(default=Path("./.data"), description="Where the embedded Postgres keeps its files.")
+    data_dir: Path = Field(
+        default=Path("./.data"), description="Where the embedded Postgres keeps its files."
+    )
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
 
     # --- Confluence -----------------------------------------------------------------------------------
@@ -118,7 +120,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "confluence_api_token", "confluence_pat", "webhook_secret", "webhook_token", "api_token", mode="before"
+        "confluence_api_token",
+        "confluence_pat",
+        "webhook_secret",
+        "webhook_token",
+        "api_token",
+        mode="before",
     )
     @classmethod
     def _refuse_placeholders(cls, value: Any) -> Any:
@@ -126,7 +133,9 @@ class Settings(BaseSettings):
             if not value.strip():
                 return None
             if value.strip().lower() in _PLACEHOLDERS:
-                raise ValueError("looks like a placeholder from .env.example; set a real value or leave it unset")
+                raise ValueError(
+                    "looks like a placeholder from .env.example; set a real value or leave it unset"
+                )
         return value
 
     @field_validator("log_format")

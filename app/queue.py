@@ -52,7 +52,7 @@ class PageRetry(BaseRetryStrategy):
             return None
         retry_after = exception.retry_after if isinstance(exception, RetryableError) else None
         seconds = Backoff(base=self.base, cap=self.cap).delay(attempts, retry_after)
-        return RetryDecision(retry_in={"seconds": max(seconds, 0.05)})
+        return RetryDecision(retry_at=now() + dt.timedelta(seconds=max(seconds, 0.05)))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PageRetry:

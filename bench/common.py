@@ -49,7 +49,8 @@ class Timer:
 def machine() -> str:
     import os
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}"
+    day = f"{datetime.now(UTC):%Y-%m-%d}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {day}"
 
 
 def show(title: str, columns: list[str], rows: list[list[str]], note: str = "") -> str:

@@ -29,15 +29,25 @@ def make_nodes() -> tuple[list[tuple[object, list[TextNode]]], dict[str, list[fl
     vectors: dict[str, list[float]] = {}
     for p in range(PAGES):
         page = Page(
-            id=str(10_000 + p), title=f"Page {p}", space_key="ENG", version=1,
-            last_modified=datetime(2026, 1, 1, tzinfo=UTC), url=f"https://x/{p}", body_storage="",
+            id=str(10_000 + p),
+            title=f"Page {p}",
+            space_key="ENG",
+            version=1,
+            last_modified=datetime(2026, 1, 1, tzinfo=UTC),
+            url=f"https://x/{p}",
+            body_storage="",
         )
         nodes = []
         for c in range(CHUNKS_PER_PAGE):
             node = TextNode(
                 id_=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{page.id}:{c}")),
                 text=f"Chunk {c} of page {p}. " + "lorem ipsum dolor sit amet " * 30,
-                metadata={"page_id": page.id, "title": page.title, "space_key": "ENG", "header_path": f"S{c}"},
+                metadata={
+                    "page_id": page.id,
+                    "title": page.title,
+                    "space_key": "ENG",
+                    "header_path": f"S{c}",
+                },
             )
             node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=page.id)
             v = rng.standard_normal(DIM).astype(np.float32)
@@ -59,15 +69,18 @@ async def ours(url: str, pages, vectors) -> float:  # type: ignore[no-untyped-de
     store = VectorStore(pool, "confluence")
     with Timer() as t:
         for page, nodes in pages:
-            await store.replace_page(page, nodes, {n.node_id: vectors[n.node_id] for n in nodes}, page_meta_hash="m")
+            await store.replace_page(
+                page, nodes, {n.node_id: vectors[n.node_id] for n in nodes}, page_meta_hash="m"
+            )
     await pool.close()
     return t.seconds
 
 
 async def copy_limit(url: str, pages, vectors) -> float:  # type: ignore[no-untyped-def]
+    from psycopg.types.json import Jsonb
+
     from app.db import make_pool, migrate
     from app.vector_store import row_metadata
-    from psycopg.types.json import Jsonb
     from tests.conftest import test_settings
 
     await migrate(url, test_settings())
@@ -83,7 +96,12 @@ async def copy_limit(url: str, pages, vectors) -> float:  # type: ignore[no-unty
                 for _, nodes in pages:
                     for n in nodes:
                         await copy.write_row(
-                            (n.get_content(), Jsonb(row_metadata(n)), n.node_id, np.asarray(vectors[n.node_id], np.float32))
+                            (
+                                n.get_content(),
+                                Jsonb(row_metadata(n)),
+                                n.node_id,
+                                np.asarray(vectors[n.node_id], np.float32),
+                            )
                         )
     await pool.close()
     return t.seconds

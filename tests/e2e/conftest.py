@@ -69,7 +69,9 @@ class Db:
             row = cur.fetchone()
         if row is None:
             return None
-        return dict(zip(("status", "version", "chunk_count", "reason", "last_error", "attempts"), row, strict=True))
+        return dict(
+            zip(("status", "version", "chunk_count", "reason", "last_error", "attempts"), row, strict=True)
+        )
 
     def total_rows(self) -> int:
         with psycopg.connect(self.url) as conn:
@@ -78,9 +80,7 @@ class Db:
 
     def duplicates(self) -> int:
         with psycopg.connect(self.url) as conn:
-            row = conn.execute(
-                "SELECT count(*) - count(DISTINCT node_id) FROM data_confluence"
-            ).fetchone()
+            row = conn.execute("SELECT count(*) - count(DISTINCT node_id) FROM data_confluence").fetchone()
         return int(row[0]) if row else 0
 
 

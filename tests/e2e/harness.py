@@ -30,7 +30,9 @@ def cli_path() -> str:
     return found or str(Path(sys.executable).parent / "confluence-vectors")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -54,7 +56,11 @@ class Service:
     def start(self) -> Service:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [cli_path(), *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            [cli_path(), *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
             start_new_session=True,
         )
         return self
@@ -78,7 +84,9 @@ class Service:
 
 
 class Api(Service):
-    def __init__(self, env: dict[str, str], log_path: Path, *, worker: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *, worker: bool = True, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         args = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if not worker:
@@ -112,7 +120,11 @@ class Api(Service):
 def service_env(
     *, database_url: str, confluence: Any, ollama: Any, data_dir: Path, **extra: str
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONFLUENCE_", "OLLAMA_", "EMBED_", "WEBHOOK_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CONFLUENCE_", "OLLAMA_", "EMBED_", "WEBHOOK_"))
+    }
     env.update(
         {
             "DATABASE_URL": database_url,

@@ -38,9 +38,7 @@ def test_trash_restore_move(api: Api, confluence: FakeConfluence, ollama: FakeOl
     assert len(db.rows("3001")) == n_rows
 
 
-def test_burst_of_fifty_events_costs_at_most_two_cycles(
-    api: Api, confluence: FakeConfluence, db: Db
-) -> None:
+def test_burst_of_fifty_events_costs_at_most_two_cycles(api: Api, confluence: FakeConfluence, db: Db) -> None:
     confluence.put_page("3002", title="Busy page", body=page_body(2, 2), space_key="ENG")
     confluence.slowness = 0.3  # the first job is still fetching while the burst lands
     start = len(confluence.requests)
@@ -48,8 +46,12 @@ def test_burst_of_fifty_events_costs_at_most_two_cycles(
     with httpx.Client(timeout=10) as client:
         for i in range(50):
             if i == 25:
-                last = confluence.put_page("3002", title="Busy page", body=page_body(2, 2, seed="last"), space_key="ENG")
-            r = client.post(f"{api.url}/webhook/confluence", json={"event": "page_updated", "page": {"id": 3002}})
+                last = confluence.put_page(
+                    "3002", title="Busy page", body=page_body(2, 2, seed="last"), space_key="ENG"
+                )
+            r = client.post(
+                f"{api.url}/webhook/confluence", json={"event": "page_updated", "page": {"id": 3002}}
+            )
             assert r.status_code == 202
     assert time.monotonic() - started < 10
     wait_until(lambda: indexed(db, "3002", last) and api_queue_idle(db), timeout=60, what="settled")
@@ -60,10 +62,14 @@ def test_burst_of_fifty_events_costs_at_most_two_cycles(
 
 
 def _is_page_fetch(path: str) -> bool:
-    return path.rstrip("/").endswith("3002") and ("/pages/" in path or "/content/" in path or "/blogposts/" in path)
+    return path.rstrip("/").endswith("3002") and (
+        "/pages/" in path or "/content/" in path or "/blogposts/" in path
+    )
 
 
-def test_one_paragraph_edit_embeds_at_most_three(api: Api, confluence: FakeConfluence, ollama: FakeOllama, db: Db) -> None:
+def test_one_paragraph_edit_embeds_at_most_three(
+    api: Api, confluence: FakeConfluence, ollama: FakeOllama, db: Db
+) -> None:
     body = page_body(8, 5)  # ~40 chunks at CHUNK_SIZE=128
     confluence.put_page("3003", title="Big page", body=body, space_key="ENG")
     api.webhook({"event": "page_created", "page": {"id": 3003}})
@@ -71,12 +77,16 @@ def test_one_paragraph_edit_embeds_at_most_three(api: Api, confluence: FakeConfl
     chunks = len(db.rows("3003"))
     assert chunks >= 30
     before = ollama.inputs
-    edited = body.replace("<h2>Section 1 </h2>", "<h2>Section 1 </h2><p>A new paragraph about rollbacks.</p>", 1)
+    edited = body.replace(
+        "<h2>Section 1 </h2>", "<h2>Section 1 </h2><p>A new paragraph about rollbacks.</p>", 1
+    )
     assert edited != body
     v2 = confluence.put_page("3003", title="Big page", body=edited, space_key="ENG")
     api.webhook({"event": "page_updated", "page": {"id": 3003}})
     wait_until(lambda: indexed(db, "3003", v2), timeout=60, what="edit indexed")
-    assert ollama.inputs - before <= 3, f"{ollama.inputs - before} chunks re-embedded for one paragraph ({chunks} chunks)"
+    assert ollama.inputs - before <= 3, (
+        f"{ollama.inputs - before} chunks re-embedded for one paragraph ({chunks} chunks)"
+    )
 
 
 def test_reconcile_catches_missed_webhooks(
@@ -104,22 +114,33 @@ def _reconcile(env: dict[str, str]) -> None:
 
 def test_model_change_is_refused_with_a_clear_message(env: dict[str, str], api: Api) -> None:
     result = subprocess.run(
-        [cli_path(), "status"], env={**env, "EMBED_MODEL": "nomic-embed-text", "EMBED_DIM": "768"},
-        capture_output=True, text=True, timeout=120,
+        [cli_path(), "status"],
+        env={**env, "EMBED_MODEL": "nomic-embed-text", "EMBED_DIM": "768"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "EMBED_MODEL=bge-m3" in out and "reindex" in out
 
 
-def test_sync_backfills_a_space(env: dict[str, str], api: Api, confluence: FakeConfluence, db: Db, tmp_path: Path) -> None:
+def test_sync_backfills_a_space(
+    env: dict[str, str], api: Api, confluence: FakeConfluence, db: Db, tmp_path: Path
+) -> None:
     confluence.bulk_pages("BULK", 300)
-    result = subprocess.run([cli_path(), "sync", "--space", "BULK"], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [cli_path(), "sync", "--space", "BULK"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     wait_until(lambda: api_queue_idle(db), timeout=240, what="backfill processed")
     with __import__("psycopg").connect(db.url) as conn:
-        n = conn.execute("SELECT count(*) FROM cv_pages WHERE status = 'indexed' AND space_key = 'BULK'").fetchone()
+        n = conn.execute(
+            "SELECT count(*) FROM cv_pages WHERE status = 'indexed' AND space_key = 'BULK'"
+        ).fetchone()
     assert n is not None and n[0] == 300
     # A second sync over the unchanged space enqueues nothing.
-    again = subprocess.run([cli_path(), "sync", "--space", "BULK"], env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [cli_path(), "sync", "--space", "BULK"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0 and "Enqueued 0 pages" in again.stdout, again.stdout

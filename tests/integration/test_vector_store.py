@@ -34,7 +34,12 @@ def make_nodes(page: Page, texts: list[str]) -> list[TextNode]:
         node = TextNode(
             id_=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{page.id}:{text}")),
             text=text,
-            metadata={"page_id": page.id, "space_key": page.space_key, "version": page.version, "title": page.title},
+            metadata={
+                "page_id": page.id,
+                "space_key": page.space_key,
+                "version": page.version,
+                "title": page.title,
+            },
         )
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=page.id)
         nodes.append(node)
@@ -90,7 +95,9 @@ async def test_move_refreshes_metadata_of_kept_rows(pool) -> None:
     result, embedded = await write(store, make_page(1, space="OPS"), ["alpha", "beta"])
     assert embedded == {} and result.inserted == 0 and result.metadata_updated == 2
     async with pool.connection() as conn:
-        rows = await (await conn.execute("SELECT DISTINCT metadata_->>'space_key' FROM data_confluence")).fetchall()
+        rows = await (
+            await conn.execute("SELECT DISTINCT metadata_->>'space_key' FROM data_confluence")
+        ).fetchall()
     assert rows == [("OPS",)]
 
 
@@ -129,4 +136,3 @@ async def test_stock_pgvectorstore_reads_our_rows(pool, db_url: str) -> None:
     index = VectorStoreIndex.from_vector_store(pg, embed_model=MockEmbedding(embed_dim=DIM))
     retrieved = index.as_retriever(similarity_top_k=2).retrieve("anything")
     assert {n.node.get_content() for n in retrieved} == {"alpha release notes", "beta rollout plan"}
-

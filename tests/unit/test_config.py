@@ -11,7 +11,12 @@ from tests.conftest import test_settings as make
 
 def test_defaults_match_the_documented_interface() -> None:
     s = make()
-    assert (s.embed_model, s.embed_dim, s.vector_table, s.physical_table) == ("bge-m3", 1024, "confluence", "data_confluence")
+    assert (s.embed_model, s.embed_dim, s.vector_table, s.physical_table) == (
+        "bge-m3",
+        1024,
+        "confluence",
+        "data_confluence",
+    )
 
 
 @pytest.mark.parametrize("name", ["Confluence", "data-x", "1abc", "x; drop table y", ""])
@@ -32,7 +37,11 @@ def test_placeholder_secret_refused() -> None:
 
 def test_secrets_never_in_repr() -> None:
     s = make(confluence_email="a@b.c", confluence_api_token="s3cr3t-value", webhook_secret="hmac-key-123")
-    assert "s3cr3t-value" not in repr(s) and "hmac-key-123" not in repr(s) and "s3cr3t-value" not in str(s.model_dump())
+    assert (
+        "s3cr3t-value" not in repr(s)
+        and "hmac-key-123" not in repr(s)
+        and "s3cr3t-value" not in str(s.model_dump())
+    )
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,9 @@ def test_retry_after_wins_but_is_capped(retry_after: float, expected: float) -> 
     assert Backoff(base=1.0, cap=60.0).delay(5, retry_after) == expected
 
 
-@pytest.mark.parametrize(("header", "seconds"), [("7", 7.0), (" 2.5 ", 2.5), ("-3", 0.0), ("soon", None), (None, None)])
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("7", 7.0), (" 2.5 ", 2.5), ("-3", 0.0), ("soon", None), (None, None)]
+)
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
 
@@ -54,13 +56,16 @@ def _job(attempts: int) -> SimpleNamespace:
     ],
 )
 def test_page_retry_decision(exc: BaseException, attempts: int, retried: bool) -> None:
-    decision = PageRetry(max_attempts=12, base=1.0, cap=30.0).get_retry_decision(exception=exc, job=_job(attempts))  # type: ignore[arg-type]
+    decision = PageRetry(max_attempts=12, base=1.0, cap=30.0).get_retry_decision(
+        exception=exc, job=_job(attempts)
+    )  # type: ignore[arg-type]
     assert (decision is not None) is retried
 
 
 def test_page_retry_honours_retry_after() -> None:
     decision = PageRetry(max_attempts=5, base=1.0, cap=30.0).get_retry_decision(
-        exception=ConfluenceUnavailable("429", retry_after=12.0), job=_job(0)  # type: ignore[arg-type]
+        exception=ConfluenceUnavailable("429", retry_after=12.0),
+        job=_job(0),  # type: ignore[arg-type]
     )
     assert decision is not None and decision.retry_at is not None
     from datetime import UTC, datetime

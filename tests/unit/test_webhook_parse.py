@@ -43,13 +43,29 @@ def test_corpus_present_or_skipped() -> None:
 @pytest.mark.parametrize(
     ("body", "param", "expected"),
     [
-        ({"event": "page_created", "page": {"id": 123456}}, None, PageEvent("page_created", "123456", "page")),
-        ({"page": {"id": "10000001", "contentType": "page"}}, "page_updated", PageEvent("page_updated", "10000001", "page")),
+        (
+            {"event": "page_created", "page": {"id": 123456}},
+            None,
+            PageEvent("page_created", "123456", "page"),
+        ),
+        (
+            {"page": {"id": "10000001", "contentType": "page"}},
+            "page_updated",
+            PageEvent("page_updated", "10000001", "page"),
+        ),
         ({"page": {"id": 13139970}}, None, PageEvent("page_updated", "13139970", "page")),
         ({"event": "blog_created", "blog": {"id": 77}}, None, PageEvent("blog_created", "77", "blogpost")),
-        ({"blogpost": {"id": "78", "contentType": "blogpost"}}, "blog_updated", PageEvent("blog_updated", "78", "blogpost")),
+        (
+            {"blogpost": {"id": "78", "contentType": "blogpost"}},
+            "blog_updated",
+            PageEvent("blog_updated", "78", "blogpost"),
+        ),
         ({"page": {"id": 5}}, "avi:confluence:trashed:page", PageEvent("page_trashed", "5", "page")),
-        ({"event": "page_moved", "page": {"id": 9}, "oldParent": {"id": 1}}, None, PageEvent("page_moved", "9", "page")),
+        (
+            {"event": "page_moved", "page": {"id": 9}, "oldParent": {"id": 1}},
+            None,
+            PageEvent("page_moved", "9", "page"),
+        ),
         ({"page": {"idAsString": "0042"}}, "page_removed", PageEvent("page_removed", "42", "page")),
     ],
 )
