@@ -7,7 +7,7 @@ run several services side by side in one process.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +19,7 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
 _PLACEHOLDERS = {"changeme", "change-me", "your-token", "your_token", "xxx", "todo", "secret", "<token>"}
 
 
-class Deployment(str, Enum):
+class Deployment(StrEnum):
     """Which Confluence product we talk to; they differ in REST API, auth and URLs."""
 
     CLOUD = "cloud"

@@ -19,9 +19,14 @@ class Metrics:
         self.stage_seconds = Histogram(
             "cv_stage_seconds", "Latency of pipeline stages", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.chunks = Counter("cv_chunks_total", "Chunks by fate (embedded, reused, deleted)", ["fate"], registry=r)
+        self.chunks = Counter(
+            "cv_chunks_total", "Chunks by fate (embedded, reused, deleted)", ["fate"], registry=r
+        )
         self.confluence_retries = Counter(
-            "cv_confluence_retries_total", "Confluence requests retried, by status code", ["status"], registry=r
+            "cv_confluence_retries_total",
+            "Confluence requests retried, by status code",
+            ["status"],
+            registry=r,
         )
         self.pages = Gauge("cv_pages", "Pages in the state table by status", ["status"], registry=r)
 
