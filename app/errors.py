@@ -72,6 +72,10 @@ class EmbeddingDimensionMismatch(PermanentError, EmbeddingError):
     """The embedding model returned vectors of a different length than EMBED_DIM."""
 
 
+class EmbeddingRejected(PermanentError, EmbeddingError):
+    """The embedding server refused the request (e.g. a model that cannot embed, or a proxy's 401)."""
+
+
 class EmbeddingInputTooLong(PermanentError, EmbeddingError):
     """An input exceeds the embedding model's context."""
 
