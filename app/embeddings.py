@@ -21,9 +21,9 @@ from pydantic import Field, PrivateAttr
 from app.config import Settings
 from app.errors import (
     EmbeddingDimensionMismatch,
-    EmbeddingRejected,
     EmbeddingInputTooLong,
     EmbeddingModelMissing,
+    EmbeddingRejected,
     EmbeddingUnavailable,
 )
 from app.retry import Backoff, parse_retry_after
