@@ -1,0 +1,57 @@
+"""Both products end to end, and restricted pages kept out of the index."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Db, page_body
+from tests.e2e.harness import Api, wait_until
+from tests.e2e.test_pipeline_e2e import indexed
+from tests.fakes.confluence import FakeConfluence
+
+
+@pytest.mark.parametrize("confluence", ["datacenter"], indirect=True)
+def test_data_center_page_lifecycle(api: Api, confluence: FakeConfluence, db: Db) -> None:
+    """Data Center sends ids only and is read with a PAT through /rest/api/content."""
+    confluence.put_page("5001", title="DC page", body=page_body(2, 2), space_key="ENG", labels=["dc"])
+    body = {"timestamp": 1, "event": "page_created", "userKey": "k", "page": {"id": 5001}}
+    assert api.webhook(body).status_code == 202
+    wait_until(lambda: indexed(db, "5001"), what="DC page indexed")
+    meta = db.rows("5001")[0][1]
+    assert meta["space_key"] == "ENG" and meta["labels"] == ["dc"] and meta["author"] == "Ada Lovelace"
+    assert any("/rest/api/content/5001" in path for _, path in confluence.requests)
+
+    v2 = confluence.put_page("5001", title="DC page", body="<p>Short now.</p>", space_key="ENG")
+    api.webhook({"event": "page_updated", "page": {"id": 5001}})
+    wait_until(lambda: indexed(db, "5001", v2), what="DC edit indexed")
+    assert len(db.rows("5001")) == 1
+
+    confluence.set_status("5001", "trashed")
+    api.webhook({"event": "page_trashed", "page": {"id": 5001}})
+    wait_until(lambda: db.rows("5001") == [], what="DC trash mirrored")
+
+
+@pytest.mark.parametrize("confluence", ["datacenter"], indirect=True)
+def test_data_center_blogpost(api: Api, confluence: FakeConfluence, db: Db) -> None:
+    confluence.put_page("5002", title="Release notes", body=page_body(1, 2), space_key="ENG", content_type="blogpost")
+    assert api.webhook({"event": "blog_created", "blog": {"id": 5002}}).status_code == 202
+    wait_until(lambda: indexed(db, "5002"), what="blog post indexed")
+    assert db.rows("5002")[0][1]["content_type"] == "blogpost"
+
+
+def test_restricted_pages_are_not_indexed_and_leave_when_restricted(
+    api: Api, confluence: FakeConfluence, db: Db
+) -> None:
+    confluence.put_page("5003", title="Salaries", body=page_body(1, 2, seed="secret"), space_key="ENG", restricted=True)
+    api.webhook({"event": "page_created", "page": {"id": 5003}})
+    wait_until(lambda: (db.state("5003") or {}).get("status") == "skipped", what="restricted page skipped")
+    assert db.rows("5003") == []
+    assert "restriction" in (db.state("5003") or {}).get("reason", "")
+
+    confluence.put_page("5004", title="Team page", body=page_body(1, 2), space_key="ENG")
+    api.webhook({"event": "page_created", "page": {"id": 5004}})
+    wait_until(lambda: indexed(db, "5004"), what="open page indexed")
+    confluence.set_restricted("5004", True)
+    api.webhook({"event": "page_updated", "page": {"id": 5004}})
+    wait_until(lambda: db.rows("5004") == [], what="newly restricted page removed")
+    assert (db.state("5004") or {}).get("status") == "skipped"
