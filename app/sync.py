@@ -92,9 +92,7 @@ async def _held_versions(rt: Runtime, ids: Sequence[str]) -> dict[str, int]:
         return {row[0]: int(row[1]) for row in await cur.fetchall() if row[1] is not None}
 
 
-async def _enqueue_changed(
-    rt: Runtime, refs: list[PageRef], *, event: str, force: bool = False
-) -> tuple[int, int]:
+async def _enqueue_changed(rt: Runtime, refs: list[PageRef], *, event: str, force: bool = False) -> tuple[int, int]:
     """Enqueue the refs whose version differs from what we hold. Returns (queued, skipped)."""
     held = {} if force else await _held_versions(rt, [r.id for r in refs])
     queued = skipped = 0
@@ -172,9 +170,7 @@ async def backfill(
                 position += len(batch)
                 await set_state(rt, state_key, {"done": done_spaces, "space": key, "position": position})
                 elapsed = max(time.monotonic() - started, 1e-6)
-                progress.update(
-                    task, advance=len(batch), description=f"sync {key}", rate=report.seen / elapsed
-                )
+                progress.update(task, advance=len(batch), description=f"sync {key}", rate=report.seen / elapsed)
             done_spaces.append(key)
             await set_state(rt, state_key, {"done": done_spaces, "space": None, "position": 0})
     await set_state(rt, state_key, None)  # complete: the next run starts fresh
@@ -222,10 +218,7 @@ async def reconcile(rt: Runtime) -> ReconcileReport:
         report.held_checked += len(held)
         present = await rt.confluence.existing_ids(held)
         for page_id in held:
-            if (
-                page_id not in present
-                and await enqueue_page(rt.queue, page_id, event="reconcile_vanished") == "queued"
-            ):
+            if page_id not in present and await enqueue_page(rt.queue, page_id, event="reconcile_vanished") == "queued":
                 report.queued_vanished += 1
 
     report.seconds = time.monotonic() - started
@@ -325,9 +318,7 @@ async def reindex(settings: Settings, console: Console | None = None) -> Reindex
                 console.print(f"{report.pages}/{len(pages)} pages re-embedded")
         await _swap_tables(pool, settings, shadow)
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT page_id, content_type FROM cv_pages WHERE updated_at >= %s", (started,)
-            )
+            cur = await conn.execute("SELECT page_id, content_type FROM cv_pages WHERE updated_at >= %s", (started,))
             changed = await cur.fetchall()
     finally:
         await client.aclose()
@@ -344,35 +335,29 @@ async def reindex(settings: Settings, console: Console | None = None) -> Reindex
 
 
 async def _swap_tables(pool: Any, settings: Settings, shadow_table: str) -> None:
-    """One transaction: readers see the old table or the new one, never neither. Indexes are renamed too,
-    so the next start-up finds them under their usual names."""
-    from app.db import vector_index_names
-
+    """One transaction: readers see the old table or the new one, never neither. The shadow's indexes and id
+    sequence take the main table's names, so the next start-up finds everything where it expects it."""
     main_table = settings.vector_table
     physical, shadow, retired = f"data_{main_table}", f"data_{shadow_table}", f"data_{main_table}_retired"
     ident = sql.Identifier
     async with pool.connection() as conn, conn.transaction():
         await conn.execute(sql.SQL("DROP TABLE IF EXISTS {r}").format(r=ident(retired)))
-        await conn.execute(
-            sql.SQL("ALTER TABLE IF EXISTS {p} RENAME TO {r}").format(p=ident(physical), r=ident(retired))
-        )
-        for role, name in vector_index_names(main_table).items():
+        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {p}").format(p=ident(physical)))
+        await conn.execute(sql.SQL("ALTER TABLE {s} RENAME TO {p}").format(s=ident(shadow), p=ident(physical)))
+        relations = await (
             await conn.execute(
-                sql.SQL("ALTER INDEX IF EXISTS {i} RENAME TO {n}").format(
-                    i=ident(name), n=ident(f"old_{role}_{name}"[:63])
-                )
+                """SELECT c.relname, c.relkind FROM pg_class c
+                   WHERE c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass)
+                      OR c.oid = pg_get_serial_sequence(%s, 'id')::regclass""",
+                (physical, physical),
             )
-        await conn.execute(
-            sql.SQL("ALTER TABLE {s} RENAME TO {p}").format(s=ident(shadow), p=ident(physical))
-        )
-        main_names = vector_index_names(main_table)
-        for role, name in vector_index_names(shadow_table).items():
-            await conn.execute(
-                sql.SQL("ALTER INDEX IF EXISTS {i} RENAME TO {n}").format(
-                    i=ident(name), n=ident(main_names[role])
-                )
-            )
-        await conn.execute(sql.SQL("DROP TABLE {r}").format(r=ident(retired)))
+        ).fetchall()
+        for name, kind in relations:
+            renamed = name.replace(shadow, physical, 1) if name.startswith(shadow) else name
+            renamed = renamed.replace(f"{shadow_table}_idx", f"{main_table}_idx", 1)
+            if renamed != name:
+                statement = "ALTER SEQUENCE {i} RENAME TO {n}" if kind == "S" else "ALTER INDEX {i} RENAME TO {n}"
+                await conn.execute(sql.SQL(statement).format(i=ident(name), n=ident(renamed)))
         await conn.execute(
             """INSERT INTO cv_index_meta (table_name, embed_model, embed_dim) VALUES (%s, %s, %s)
                ON CONFLICT (table_name) DO UPDATE SET embed_model = EXCLUDED.embed_model,
