@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.conftest import Db, page_body
-from tests.e2e.harness import Api, wait_until
+from tests.e2e.harness import Api, running, wait_until
 from tests.e2e.test_pipeline_e2e import indexed
 from tests.fakes.confluence import FakeConfluence
 
@@ -55,3 +58,18 @@ def test_restricted_pages_are_not_indexed_and_leave_when_restricted(
     api.webhook({"event": "page_updated", "page": {"id": 5004}})
     wait_until(lambda: db.rows("5004") == [], what="newly restricted page removed")
     assert (db.state("5004") or {}).get("status") == "skipped"
+
+
+def test_bad_credentials_fail_fast_and_say_which_setting(
+    env: dict[str, str], confluence: FakeConfluence, db: Db, tmp_path: Path
+) -> None:
+    confluence.put_page("5005", title="Unreachable", body=page_body(1, 1), space_key="ENG")
+    bad = {**env, "CONFLUENCE_API_TOKEN": "not-the-right-token"}
+    with running(Api(bad, tmp_path / "bad.log")) as service:
+        assert service.webhook({"event": "page_created", "page": {"id": 5005}}).status_code == 202  # type: ignore[attr-defined]
+        wait_until(lambda: (db.state("5005") or {}).get("status") == "failed", what="failed, not retried forever")
+        time.sleep(1.5)
+        state = db.state("5005") or {}
+        assert state["attempts"] == 1, "a 401 is permanent: no retries"
+        assert "CONFLUENCE_API_TOKEN" in state["last_error"] and "not-the-right-token" not in state["last_error"]
+        assert "not-the-right-token" not in service.logs()
