@@ -61,9 +61,9 @@ def make_nodes() -> tuple[list[tuple[object, list[TextNode]]], dict[str, list[fl
 async def ours(url: str, pages, vectors) -> float:  # type: ignore[no-untyped-def]
     from app.db import make_pool, migrate
     from app.vector_store import VectorStore
-    from tests.conftest import test_settings
+    from tests.conftest import make_settings
 
-    await migrate(url, test_settings())
+    await migrate(url, make_settings())
     pool = make_pool(url, max_size=2)
     await pool.open()
     store = VectorStore(pool, "confluence")
@@ -81,9 +81,9 @@ async def copy_limit(url: str, pages, vectors) -> float:  # type: ignore[no-unty
 
     from app.db import make_pool, migrate
     from app.vector_store import row_metadata
-    from tests.conftest import test_settings
+    from tests.conftest import make_settings
 
-    await migrate(url, test_settings())
+    await migrate(url, make_settings())
     pool = make_pool(url, max_size=2)
     await pool.open()
     with Timer() as t:
@@ -112,9 +112,9 @@ def stock(url: str, pages) -> float:  # type: ignore[no-untyped-def]
 
     from app.db import migrate
     from app.vector_store import llamaindex_store
-    from tests.conftest import test_settings
+    from tests.conftest import make_settings
 
-    _a.run(migrate(url, test_settings()))
+    _a.run(migrate(url, make_settings()))
     store = llamaindex_store(url, "confluence", DIM)
     with Timer() as t:
         for _, nodes in pages:

@@ -54,11 +54,11 @@ def template_db(pg_server: str) -> str:
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS cv_template")
         conn.execute("CREATE DATABASE cv_template")
-    asyncio.run(migrate(_with_db(pg_server, "cv_template"), test_settings()))
+    asyncio.run(migrate(_with_db(pg_server, "cv_template"), make_settings()))
     return "cv_template"
 
 
-def test_settings(**overrides: object) -> Settings:
+def make_settings(**overrides: object) -> Settings:
     """Settings for tests: nothing read from the developer's environment or .env."""
     values: dict[str, object] = {
         "confluence_base_url": "http://127.0.0.1:9/wiki",

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.errors import EmbeddingUnavailable
 from app.routes_search import router
 from app.security import configure_exposure, remember_delivery, require_api_token, seen_recently
-from tests.conftest import test_settings as make_settings
+from tests.conftest import make_settings
 from tests.integration.test_search import load_corpus
 from tests.unit._embed import FakeQueryEmbedder
 

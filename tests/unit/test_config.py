@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Deployment
-from tests.conftest import test_settings as make
+from tests.conftest import make_settings as make
 
 
 def test_defaults_match_the_documented_interface() -> None:

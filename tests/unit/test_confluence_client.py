@@ -51,7 +51,7 @@ def make_client(
     }
     backoff = overrides.pop("backoff", None)
     on_retry = overrides.pop("on_retry", None)
-    settings = conftest.test_settings(**(values | overrides))
+    settings = conftest.make_settings(**(values | overrides))
     return ConfluenceClient(settings, sleep=sleep or RecordingSleep(), backoff=backoff, on_retry=on_retry)
 
 
@@ -199,7 +199,7 @@ async def test_check_credentials(fake: FakeConfluence) -> None:
 
 
 async def test_no_credentials_configured_sends_nothing(fake: FakeConfluence) -> None:
-    settings = conftest.test_settings(
+    settings = conftest.make_settings(
         confluence_base_url=fake.base_url, confluence_deployment=fake.deployment
     )
     async with ConfluenceClient(settings) as client:
@@ -275,7 +275,7 @@ async def test_timeouts_are_retried_then_unavailable(fake: FakeConfluence, sleep
 async def test_unreachable_server_is_unavailable(sleep: RecordingSleep) -> None:
     with FakeConfluence("cloud") as stopped:
         url = stopped.base_url
-    settings = conftest.test_settings(
+    settings = conftest.make_settings(
         confluence_base_url=url,
         confluence_email="bot@example.com",
         confluence_api_token="t",

@@ -21,7 +21,7 @@ from app.errors import (
     PermanentError,
     RetryableError,
 )
-from tests.conftest import test_settings as make_settings
+from tests.conftest import make_settings
 from tests.fakes.ollama import FakeOllama, count_tokens, embed_text
 
 FAST: dict[str, Any] = {"backoff_base": 0.001, "backoff_cap": 0.01}

@@ -16,7 +16,7 @@ from app.security import (
     verify_signature,
     verify_token,
 )
-from tests.conftest import test_settings as make_settings
+from tests.conftest import make_settings
 
 BODY = b'{"event":"page_updated","page":{"id":123}}'
 SECRET = "s3cr3t-webhook-key"
