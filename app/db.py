@@ -68,6 +68,7 @@ def make_pool(url: str, *, max_size: int = 10, min_size: int = 1) -> AsyncConnec
         min_size=min_size,
         max_size=max_size,
         configure=_configure,
+        check=AsyncConnectionPool.check_connection,  # drop connections a Postgres restart killed, not a request
         open=False,
         timeout=10.0,
         name="confluence-vectors",

@@ -51,4 +51,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("procrastinate").setLevel(max(logging.INFO, root.level))
+    # procrastinate logs every defer and job start at INFO with the whole job; ours say what matters.
+    logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))

@@ -75,6 +75,7 @@ def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
         conninfo=database_url,
         min_size=1,
         max_size=max(4, settings.worker_concurrency + 2),
+        timeout=10.0,  # like our own pool: with Postgres down a webhook gets its 503 fast, not after 30 s
         kwargs={"application_name": "confluence-vectors-queue"},
     )
     app = procrastinate.App(connector=connector)
