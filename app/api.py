@@ -16,8 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.config import Settings
-from app.queue import run_worker
-from app.retry import Backoff
+from app.queue import run_worker_forever
 from app.routes_search import router as search_router
 from app.runtime import Runtime
 from app.security import require_api_token
@@ -40,7 +39,7 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
         app.state.ready_cache = {}
         worker_task: asyncio.Task[None] | None = None
         if worker:
-            worker_task = asyncio.create_task(_supervised_worker(runtime, settings))
+            worker_task = asyncio.create_task(run_worker_forever(runtime.queue, settings, name="serve-worker"))
         try:
             yield
         finally:
@@ -91,27 +90,6 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-async def _supervised_worker(runtime: Runtime, settings: Settings) -> None:
-    """Run the in-process worker until cancelled, restarting it (with backoff) whenever it stops.
-
-    Procrastinate stops its worker when Postgres goes away (its listener fails, then unregistering fails too);
-    without a restart the API would keep acknowledging jobs that nobody runs once Postgres is back.
-    """
-    backoff = Backoff(base=1.0, cap=30.0)
-    failures = 0
-    while True:
-        started = time.monotonic()
-        try:
-            await run_worker(runtime.queue, settings, name="serve-worker")
-            error = "stopped"
-        except Exception as exc:  # CancelledError is a BaseException: shutdown goes through
-            error = f"{type(exc).__name__}: {exc}"
-        failures = 1 if time.monotonic() - started > 60 else failures + 1
-        delay = max(0.5, backoff.delay(failures))
-        log.error("in-process worker stopped; restarting", extra={"error": error[:500], "retry_in": delay})
-        await asyncio.sleep(delay)
 
 
 async def _cached(

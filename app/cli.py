@@ -77,7 +77,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a queue worker only: start more of these, on more machines, to scale out."""
-    from app.queue import run_worker
+    from app.queue import run_worker_forever
     from app.runtime import Runtime
 
     settings = _settings()
@@ -88,7 +88,7 @@ def worker(
         import signal
 
         rt = await Runtime.open(settings)
-        task = asyncio.create_task(run_worker(rt.queue, settings, name="worker"))
+        task = asyncio.create_task(run_worker_forever(rt.queue, settings, name="worker"))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)

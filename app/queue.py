@@ -10,8 +10,10 @@ their jobs retried (`recover_stalled`).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -149,6 +151,29 @@ async def run_worker(queue: procrastinate.App, settings: Settings, *, name: str 
     }
     await recover_stalled(queue, stalled_after=settings.worker_heartbeat_seconds * 3)
     await queue.run_worker_async(**options)
+
+
+async def run_worker_forever(queue: procrastinate.App, settings: Settings, *, name: str = "worker") -> None:
+    """Run a worker until cancelled, restarting it (with jittered backoff) whenever it stops by itself.
+
+    Procrastinate stops its worker when Postgres goes away (its listener fails, then unregistering fails too).
+    Without a restart, `serve` would keep acknowledging jobs that nobody runs once Postgres is back, and a
+    `worker` process would exit on a database failover. A worker that ran for a minute before failing starts
+    its backoff afresh.
+    """
+    backoff = Backoff(base=1.0, cap=30.0)
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            await run_worker(queue, settings, name=name)
+            error = "stopped"
+        except Exception as exc:  # CancelledError is a BaseException: shutdown goes through
+            error = f"{type(exc).__name__}: {exc}"
+        failures = 1 if time.monotonic() - started > 60 else failures + 1
+        delay = max(0.5, backoff.delay(failures))
+        log.error("worker stopped; restarting", extra={"worker": name, "error": error[:500], "retry_in": delay})
+        await asyncio.sleep(delay)
 
 
 def now() -> dt.datetime:

@@ -342,11 +342,14 @@ def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
         pg.close()
 
 
+@pytest.mark.parametrize("topology", ["in-process worker", "separate worker"])
 def test_postgres_outage_answers_503_then_recovers(
-    own_pg: OwnPostgres, tmp_path: Path, confluence: FakeConfluence, ollama: FakeOllama
+    own_pg: OwnPostgres, tmp_path: Path, confluence: FakeConfluence, ollama: FakeOllama, topology: str
 ) -> None:
     """Postgres stopped under a running service: webhooks get 503 + Retry-After (never a 202 for a job that is
-    not stored); once Postgres is back, the same service acknowledges and indexes again, on its own."""
+    not stored); once Postgres is back, the same processes acknowledge and index again, on their own — the
+    `serve` in-process worker and a standalone `worker` process alike (procrastinate stops a worker whose
+    database vanished; ours restart it)."""
     env = service_env(
         database_url=own_pg.url,
         confluence=confluence,
@@ -356,8 +359,12 @@ def test_postgres_outage_answers_503_then_recovers(
     )
     db = Db(own_pg.url)
     versions = put_pages(confluence, ["4501", "4502"])
-    with running(Api(env, tmp_path / "api.log")) as api:
+    separate = topology == "separate worker"
+    worker = Service(env, ["worker"], tmp_path / "worker.log") if separate else None
+    with running(Api(env, tmp_path / "api.log", worker=not separate)) as api, contextlib.ExitStack() as stack:
         assert isinstance(api, Api)
+        if worker is not None:
+            stack.enter_context(running(worker))
         assert api.webhook({"event": "page_created", "page": {"id": "4501"}}).status_code == 202
         wait_until(lambda: indexed(db, "4501"), timeout=30, what="indexed before the outage")
 
@@ -387,8 +394,10 @@ def test_postgres_outage_answers_503_then_recovers(
         wait_until(
             lambda: indexed(db, "4502"),
             timeout=60,
-            what=f"the page queued after the restart is indexed; logs:\n{api.logs()[-4000:]}",
+            what=f"the page queued after the restart is indexed; logs:\n{(worker or api).logs()[-4000:]}",
         )
+        if worker is not None:
+            assert worker.proc is not None and worker.proc.poll() is None, "the worker process must survive"
     assert_indexed_exactly_once(db, "4501", versions["4501"])
     assert_indexed_exactly_once(db, "4502", versions["4502"])
 
