@@ -114,9 +114,7 @@ def embed_text(node: BaseNode) -> str:
     return node.get_content(metadata_mode=MetadataMode.EMBED)
 
 
-def chunk_page(
-    page: Page, markdown: str, *, chunk_size: int, chunk_overlap: int, max_tokens: int
-) -> list[TextNode]:
+def chunk_page(page: Page, markdown: str, *, chunk_size: int, chunk_overlap: int, max_tokens: int) -> list[TextNode]:
     """The page's chunks in reading order; the same input always gives the same nodes and ids.
 
     Sizes are in `count_tokens` tokens: a chunk's text stays within `chunk_size` and its embedded text

@@ -72,9 +72,7 @@ def serve(
 
 @cli.command()
 def worker(
-    concurrency: Annotated[
-        int | None, typer.Option(help="Jobs at once (default WORKER_CONCURRENCY).")
-    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Jobs at once (default WORKER_CONCURRENCY).")] = None,
 ) -> None:
     """Run a queue worker only: start more of these, on more machines, to scale out."""
     from app.queue import run_worker_forever
@@ -115,9 +113,7 @@ def sync(
         err.print("Give --space KEY (repeatable) or --all.")
         raise typer.Exit(2)
     settings = _settings()
-    report = _run(
-        lambda: _with_runtime(settings, lambda rt: backfill(rt, space or None, console, restart=restart))
-    )
+    report = _run(lambda: _with_runtime(settings, lambda rt: backfill(rt, space or None, console, restart=restart)))
     console.print(f"Enqueued {report.queued} pages ({report.seen} seen) in {report.seconds:.1f}s.")
 
 
@@ -172,9 +168,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             for col in ("page_id", "title", "attempts", "last_error"):
                 t.add_column(col)
             for row in rows:
-                t.add_row(
-                    str(row["page_id"]), str(row["title"] or ""), str(row["attempts"]), str(row["last_error"])
-                )
+                t.add_row(str(row["page_id"]), str(row["title"] or ""), str(row["attempts"]), str(row["last_error"]))
             console.print(t)
 
 

@@ -35,9 +35,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None, description="Postgres URL. Unset: an embedded PostgreSQL with pgvector under DATA_DIR."
     )
-    data_dir: Path = Field(
-        default=Path("./.data"), description="Where the embedded Postgres keeps its files."
-    )
+    data_dir: Path = Field(default=Path("./.data"), description="Where the embedded Postgres keeps its files.")
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
 
     # --- Confluence -----------------------------------------------------------------------------------
@@ -133,9 +131,7 @@ class Settings(BaseSettings):
             if not value.strip():
                 return None
             if value.strip().lower() in _PLACEHOLDERS:
-                raise ValueError(
-                    "looks like a placeholder from .env.example; set a real value or leave it unset"
-                )
+                raise ValueError("looks like a placeholder from .env.example; set a real value or leave it unset")
         return value
 
     @field_validator("log_format")
@@ -152,9 +148,7 @@ class Settings(BaseSettings):
                 f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than CHUNK_SIZE ({self.chunk_size})"
             )
         if self.chunk_size > self.embed_max_tokens:
-            raise ValueError(
-                f"CHUNK_SIZE ({self.chunk_size}) exceeds EMBED_MAX_TOKENS ({self.embed_max_tokens})"
-            )
+            raise ValueError(f"CHUNK_SIZE ({self.chunk_size}) exceeds EMBED_MAX_TOKENS ({self.embed_max_tokens})")
         if self.confluence_email and not self.confluence_api_token:
             raise ValueError("CONFLUENCE_EMAIL is set but CONFLUENCE_API_TOKEN is not")
         return self

@@ -149,9 +149,7 @@ class ConfluenceClient:
 
     def _auth(self, settings: Settings) -> httpx.Auth | None:
         if self._cloud and settings.confluence_email and settings.confluence_api_token:
-            return httpx.BasicAuth(
-                settings.confluence_email, settings.confluence_api_token.get_secret_value()
-            )
+            return httpx.BasicAuth(settings.confluence_email, settings.confluence_api_token.get_secret_value())
         if not self._cloud and settings.confluence_pat:
             return _BearerAuth(settings.confluence_pat.get_secret_value())
         return None
@@ -470,13 +468,9 @@ class ConfluenceClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Transient(status, retry_after, f"answered {status}")
         if status == 401:
-            raise ConfluenceAuthError(
-                f"Confluence refused our credentials (401) for GET {path}: check {self._fix}"
-            )
+            raise ConfluenceAuthError(f"Confluence refused our credentials (401) for GET {path}: check {self._fix}")
         if status == 403:
-            raise ConfluenceAuthError(
-                f"Confluence forbade GET {path} (403): the user of {self._fix} lacks permission"
-            )
+            raise ConfluenceAuthError(f"Confluence forbade GET {path} (403): the user of {self._fix} lacks permission")
         if status == 404:
             raise PageNotFound(f"Confluence has nothing visible to us at {path} (404)")
         raise ConfluenceProtocolError(f"Confluence answered {status} for GET {path}: {response.text[:200]!r}")

@@ -149,9 +149,7 @@ def next_url(data: Mapping[str, Any], base_url: str) -> str | None:
 def parse_cloud_content(data: Mapping[str, Any], content_type: ContentType) -> CloudContent:
     """A v2 `GET /pages/{id}` or `/blogposts/{id}` body (with `body-format=storage`, `include-labels`)."""
     label_items = _get(data, "labels", "results")
-    labels = tuple(
-        str(item["name"]) for item in label_items or () if isinstance(item, dict) and item.get("name")
-    )
+    labels = tuple(str(item["name"]) for item in label_items or () if isinstance(item, dict) and item.get("name"))
     has_more = bool(_get(data, "labels", "meta", "hasMore"))
     return CloudContent(
         id=_required_str(data, "id"),
@@ -177,9 +175,7 @@ def parse_label_names(data: Mapping[str, Any]) -> list[str]:
 
 def parse_cloud_space(data: Mapping[str, Any]) -> SpaceInfo:
     """A v2 space object."""
-    return SpaceInfo(
-        id=_required_str(data, "id"), key=_required_str(data, "key"), name=_optional_str(data, "name")
-    )
+    return SpaceInfo(id=_required_str(data, "id"), key=_required_str(data, "key"), name=_optional_str(data, "name"))
 
 
 def parse_ancestor_ids(data: Mapping[str, Any]) -> list[str]:
@@ -288,9 +284,7 @@ def parse_dc_page(data: Mapping[str, Any], *, base_url: str, ancestors_restricte
     """
     by = _get(data, "version", "by") or {}
     labels = tuple(
-        str(item["name"])
-        for item in _objects(_get(data, "metadata", "labels", "results"))
-        if item.get("name")
+        str(item["name"]) for item in _objects(_get(data, "metadata", "labels", "results")) if item.get("name")
     )
     read = _get(data, "restrictions", "read")
     return Page(
@@ -300,9 +294,7 @@ def parse_dc_page(data: Mapping[str, Any], *, base_url: str, ancestors_restricte
         space_name=_optional_str(data, "space", "name"),
         version=_required_int(data, "version", "number"),
         last_modified=parse_datetime(_get(data, "version", "when")),
-        url=web_url(
-            _optional_str(data, "_links", "base") or base_url, _optional_str(data, "_links", "webui") or ""
-        ),
+        url=web_url(_optional_str(data, "_links", "base") or base_url, _optional_str(data, "_links", "webui") or ""),
         body_storage=_optional_str(data, "body", "storage", "value") or "",
         status=_status(data.get("status")),
         content_type=_content_type(data.get("type"), "page"),
@@ -316,9 +308,7 @@ def parse_dc_page(data: Mapping[str, Any], *, base_url: str, ancestors_restricte
 
 def _dc_user_id(user: Any) -> str | None:
     """Data Center pins users by key (usernames can change); Cloud-style v1 bodies carry an account id."""
-    return (
-        _optional_str(user, "userKey") or _optional_str(user, "username") or _optional_str(user, "accountId")
-    )
+    return _optional_str(user, "userKey") or _optional_str(user, "username") or _optional_str(user, "accountId")
 
 
 def parse_search_refs(data: Mapping[str, Any]) -> list[PageRef]:

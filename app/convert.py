@@ -53,9 +53,7 @@ _MAX_ROWSPAN = 1000
 _Handler = Callable[["_Renderer", Element], Rendered]
 
 
-def storage_to_markdown(
-    xhtml: str, *, users: Mapping[str, str] | None = None, title: str | None = None
-) -> str:
+def storage_to_markdown(xhtml: str, *, users: Mapping[str, str] | None = None, title: str | None = None) -> str:
     """Markdown for a storage-format body. `users` maps an account id / username / userkey to a display name.
 
     When the body yields no text at all (only macros/images), return the title (if given) so the page is
@@ -158,9 +156,7 @@ def _entity(match: re.Match[str]) -> str:
 
 def _plain_text(xhtml: str) -> str:
     try:
-        return _paragraph(
-            _WS.sub(" ", lxml_html.fromstring(_prepare(xhtml, keep_cdata=False)).text_content())
-        )
+        return _paragraph(_WS.sub(" ", lxml_html.fromstring(_prepare(xhtml, keep_cdata=False)).text_content()))
     except Exception:  # last resort of the never-raise contract
         return ""
 

@@ -134,9 +134,7 @@ async def ensure_vector_table(conn: psycopg.AsyncConnection[Any], table: str, di
             )"""
         ).format(t=t, dim=sql.Literal(dim)),
         sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (node_id)").format(i=names["node_id"], t=t),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (text_search_tsv)").format(
-            i=names["tsv"], t=t
-        ),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (text_search_tsv)").format(i=names["tsv"], t=t),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'ref_doc_id'))").format(
             i=names["ref_doc_id"], t=t
         ),

@@ -34,9 +34,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         context = {
-            k: v
-            for k, v in record.__dict__.items()
-            if k not in _STANDARD and not k.startswith("_") and v is not None
+            k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_") and v is not None
         }
         return f"{base} {context}" if context else base
 

@@ -19,9 +19,7 @@ class Metrics:
         self.stage_seconds = Histogram(
             "cv_stage_seconds", "Latency of pipeline stages", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.chunks = Counter(
-            "cv_chunks_total", "Chunks by fate (embedded, reused, deleted)", ["fate"], registry=r
-        )
+        self.chunks = Counter("cv_chunks_total", "Chunks by fate (embedded, reused, deleted)", ["fate"], registry=r)
         self.confluence_retries = Counter(
             "cv_confluence_retries_total",
             "Confluence requests retried, by status code",

@@ -12,7 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from llama_index.core.schema import TextNode
+
 from app.chunking import chunk_page, embed_text, page_metadata
+from app.config import Settings
+from app.confluence import ConfluenceClient
 from app.convert import storage_to_markdown, user_refs
 from app.errors import PageNotFound
 from app.models import ContentType, Page
@@ -49,9 +53,7 @@ async def process_page(rt: Runtime, page_id: str, content_type: ContentType | No
         rt.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
 
     if not page.is_current:
-        removed = await rt.store.delete_page(
-            page_id, status="deleted", reason=f"status {page.status}", page=page
-        )
+        removed = await rt.store.delete_page(page_id, status="deleted", reason=f"status {page.status}", page=page)
         return _done(rt, Outcome(page_id, "deleted", page.version, deleted=removed, reason=page.status))
     if page.restricted and not rt.settings.index_restricted_pages:
         removed = await rt.store.delete_page(
@@ -61,18 +63,22 @@ async def process_page(rt: Runtime, page_id: str, content_type: ContentType | No
     return await index_page(rt, page)
 
 
-async def index_page(rt: Runtime, page: Page) -> Outcome:
-    """Chunk, embed what is new, and swap the page's rows in one transaction."""
-    users = await rt.confluence.resolve_users(user_refs(page.body_storage)) if page.body_storage else {}
+async def page_nodes(client: ConfluenceClient, settings: Settings, page: Page) -> list[TextNode]:
+    """The page as the chunks we embed: mentions resolved, storage format → Markdown → heading-aware chunks."""
+    users = await client.resolve_users(user_refs(page.body_storage)) if page.body_storage else {}
     markdown = storage_to_markdown(page.body_storage, users=users, title=page.title)
-    settings = rt.settings
-    nodes = chunk_page(
+    return chunk_page(
         page,
         markdown,
         chunk_size=settings.chunk_size,
         chunk_overlap=settings.chunk_overlap,
         max_tokens=settings.embed_max_tokens,
     )
+
+
+async def index_page(rt: Runtime, page: Page) -> Outcome:
+    """Chunk, embed what is new, and swap the page's rows in one transaction."""
+    nodes = await page_nodes(rt.confluence, rt.settings, page)
     ids = [node.node_id for node in nodes]
     meta_hash = metadata_hash(page_metadata(page))
 
@@ -105,9 +111,7 @@ async def index_page(rt: Runtime, page: Page) -> Outcome:
     rt.metrics.chunks.labels("deleted").inc(result.deleted)
     return _done(
         rt,
-        Outcome(
-            page.id, "indexed", page.version, chunks=len(ids), embedded=len(to_embed), deleted=result.deleted
-        ),
+        Outcome(page.id, "indexed", page.version, chunks=len(ids), embedded=len(to_embed), deleted=result.deleted),
     )
 
 

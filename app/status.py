@@ -29,9 +29,7 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute("SELECT status, count(*) AS n FROM cv_pages GROUP BY status")
         pages = {row["status"]: int(row["n"]) for row in await cur.fetchall()}
-        await cur.execute(
-            sql.SQL("SELECT count(*) AS n FROM {t}").format(t=sql.Identifier(rt.settings.physical_table))
-        )
+        await cur.execute(sql.SQL("SELECT count(*) AS n FROM {t}").format(t=sql.Identifier(rt.settings.physical_table)))
         chunks_row = await cur.fetchone()
         await cur.execute(
             """SELECT page_id, title, last_error, attempts, updated_at::text AS updated_at FROM cv_pages

@@ -260,12 +260,12 @@ async def reindex(settings: Settings, console: Console | None = None) -> Reindex
     Search keeps answering from the old table until the swap. Pages changed while the rebuild ran are
     re-enqueued after the swap, so nothing indexed meanwhile is lost.
     """
-    from app.chunking import chunk_page, embed_text, page_metadata
+    from app.chunking import embed_text, page_metadata
     from app.confluence import ConfluenceClient
-    from app.convert import storage_to_markdown, user_refs
     from app.db import database_url, ensure_vector_table, make_pool
     from app.embeddings import OllamaBgeM3Embedding
     from app.errors import PageNotFound
+    from app.pipeline import page_nodes
     from app.vector_store import VectorStore, metadata_hash
 
     url = database_url(settings)
@@ -296,15 +296,7 @@ async def reindex(settings: Settings, console: Console | None = None) -> Reindex
                 page = await client.get_page(page_id, content_type)
             except PageNotFound:
                 continue
-            users = await client.resolve_users(user_refs(page.body_storage))
-            markdown = storage_to_markdown(page.body_storage, users=users, title=page.title)
-            nodes = chunk_page(
-                page,
-                markdown,
-                chunk_size=settings.chunk_size,
-                chunk_overlap=settings.chunk_overlap,
-                max_tokens=settings.embed_max_tokens,
-            )
+            nodes = await page_nodes(client, settings, page)
             vectors = await embedder.aembed_many([embed_text(n) for n in nodes])
             await store.replace_page(
                 page,

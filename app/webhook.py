@@ -77,9 +77,7 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | Ignored:
         if isinstance(content, dict):
             page_id = _page_id(content)
             kind = content.get("contentType") if isinstance(content.get("contentType"), str) else content_type
-            return PageEvent(
-                event or f"{content_type}_updated", page_id, "blogpost" if kind == "blogpost" else "page"
-            )
+            return PageEvent(event or f"{content_type}_updated", page_id, "blogpost" if kind == "blogpost" else "page")
     if event.startswith("label_") and isinstance(payload.get("labeled"), dict):
         return PageEvent(event, _page_id(payload["labeled"]), "page")
     raise WebhookRejected("no page: expected a `page` (or `blogpost`) object with an `id`", status_code=422)
@@ -147,14 +145,10 @@ async def confluence_webhook(
 
     digest = delivery_digest(body, request.headers)
     try:
-        if settings.dedupe_window_seconds and await seen_recently(
-            rt.pool, digest, settings.dedupe_window_seconds
-        ):
+        if settings.dedupe_window_seconds and await seen_recently(rt.pool, digest, settings.dedupe_window_seconds):
             metrics.webhooks.labels(parsed.event, "duplicate").inc()
             return JSONResponse({"status": "duplicate", "page_id": parsed.page_id}, status_code=200)
-        outcome = await enqueue_page(
-            rt.queue, parsed.page_id, content_type=parsed.content_type, event=parsed.event
-        )
+        outcome = await enqueue_page(rt.queue, parsed.page_id, content_type=parsed.content_type, event=parsed.event)
     except (DatabaseUnavailable, OSError) as exc:
         metrics.webhooks.labels(parsed.event, "unavailable").inc()
         log.error("cannot store webhook job", extra={"page_id": parsed.page_id, "error": str(exc)})
@@ -176,6 +170,4 @@ async def confluence_webhook(
     except Exception:  # best effort: the job is stored, a missed dedupe only costs a no-op job
         log.warning("could not record delivery digest", extra={"page_id": parsed.page_id})
     metrics.webhooks.labels(parsed.event, outcome).inc()
-    return JSONResponse(
-        {"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202
-    )
+    return JSONResponse({"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202)
