@@ -493,6 +493,27 @@ async def test_query_words_common_to_all_rows_do_not_break_keyword_side(pool: An
     assert len(hits) == 4
 
 
+async def test_ranking_is_the_same_with_planner_statistics(pool: Any) -> None:
+    """After ANALYZE, common words' document counts come from `pg_stats` instead of the GIN index: the
+    hybrid ranking must not change (on a table this small the statistics sample every row, so they are exact)."""
+    await load_corpus(pool)
+    embedder = FakeQueryEmbedder()
+    queries = [q for q, _ in QUESTIONS] + ["what does error ERR-4711 mean?", "OPS-123", "the"]
+
+    async def rankings() -> list[list[str]]:
+        return [[h.node_id for h in await search(pool, embedder, TABLE, q, k=5)] for q in queries]
+
+    before = await rankings()
+    async with pool.connection() as conn:
+        await conn.execute(f"ANALYZE data_{TABLE}")
+        cur = await conn.execute(
+            "SELECT most_common_elems IS NOT NULL FROM pg_stats WHERE tablename = %s AND attname = %s",
+            (f"data_{TABLE}", "text_search_tsv"),
+        )
+        assert await cur.fetchone() == (True,), "the statistics path must be exercised"
+    assert await rankings() == before
+
+
 @pytest.mark.parametrize("mode", list(SearchMode))
 async def test_space_and_label_filters(pool: Any, mode: SearchMode) -> None:
     await load_corpus(pool)
