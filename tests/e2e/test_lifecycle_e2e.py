@@ -49,9 +49,7 @@ def test_burst_of_fifty_events_costs_at_most_two_cycles(api: Api, confluence: Fa
                 last = confluence.put_page(
                     "3002", title="Busy page", body=page_body(2, 2, seed="last"), space_key="ENG"
                 )
-            r = client.post(
-                f"{api.url}/webhook/confluence", json={"event": "page_updated", "page": {"id": 3002}}
-            )
+            r = client.post(f"{api.url}/webhook/confluence", json={"event": "page_updated", "page": {"id": 3002}})
             assert r.status_code == 202
     assert time.monotonic() - started < 10
     wait_until(lambda: indexed(db, "3002", last) and api_queue_idle(db), timeout=60, what="settled")
@@ -62,9 +60,7 @@ def test_burst_of_fifty_events_costs_at_most_two_cycles(api: Api, confluence: Fa
 
 
 def _is_page_fetch(path: str) -> bool:
-    return path.rstrip("/").endswith("3002") and (
-        "/pages/" in path or "/content/" in path or "/blogposts/" in path
-    )
+    return path.rstrip("/").endswith("3002") and ("/pages/" in path or "/content/" in path or "/blogposts/" in path)
 
 
 def test_one_paragraph_edit_embeds_at_most_three(
@@ -77,9 +73,7 @@ def test_one_paragraph_edit_embeds_at_most_three(
     chunks = len(db.rows("3003"))
     assert chunks >= 36, chunks
     before = ollama.inputs
-    edited = body.replace(
-        "<h2>Section 1 </h2>", "<h2>Section 1 </h2><p>A new paragraph about rollbacks.</p>", 1
-    )
+    edited = body.replace("<h2>Section 1 </h2>", "<h2>Section 1 </h2><p>A new paragraph about rollbacks.</p>", 1)
     assert edited != body
     v2 = confluence.put_page("3003", title="Big page", body=edited, space_key="ENG")
     api.webhook({"event": "page_updated", "page": {"id": 3003}})
@@ -89,9 +83,7 @@ def test_one_paragraph_edit_embeds_at_most_three(
     )
 
 
-def test_reconcile_catches_missed_webhooks(
-    env: dict[str, str], api: Api, confluence: FakeConfluence, db: Db
-) -> None:
+def test_reconcile_catches_missed_webhooks(env: dict[str, str], api: Api, confluence: FakeConfluence, db: Db) -> None:
     confluence.put_page("3004", title="Kept", body=page_body(1, 2), space_key="ENG")
     confluence.put_page("3005", title="Doomed", body=page_body(1, 2, seed="doomed"), space_key="ENG")
     for pid in ("3004", "3005"):
@@ -135,12 +127,45 @@ def test_sync_backfills_a_space(
     assert result.returncode == 0, result.stdout + result.stderr
     wait_until(lambda: api_queue_idle(db), timeout=240, what="backfill processed")
     with __import__("psycopg").connect(db.url) as conn:
-        n = conn.execute(
-            "SELECT count(*) FROM cv_pages WHERE status = 'indexed' AND space_key = 'BULK'"
-        ).fetchone()
+        n = conn.execute("SELECT count(*) FROM cv_pages WHERE status = 'indexed' AND space_key = 'BULK'").fetchone()
     assert n is not None and n[0] == 300
     # A second sync over the unchanged space enqueues nothing.
     again = subprocess.run(
         [cli_path(), "sync", "--space", "BULK"], env=env, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0 and "Enqueued 0 pages" in again.stdout, again.stdout
+
+
+def _sync_peak_rss_mb(env: dict[str, str], space: str) -> float:
+    """Run `confluence-vectors sync --space` to completion; its own peak RSS in MB (wait4 of that child)."""
+    import os
+
+    proc = subprocess.Popen(
+        [cli_path(), "sync", "--space", space], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode(errors="replace")  # EOF when it exits; then reap it ourselves
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, out
+    return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def test_sync_of_a_5000_page_space_enqueues_every_page_in_bounded_memory(
+    env: dict[str, str], confluence: FakeConfluence, db: Db
+) -> None:
+    """Backfill memory must not grow with the space: the sync streams pages in batches. No worker runs, so the
+    test measures enumeration and enqueueing only (bench/backfill.py measures indexing too)."""
+    confluence.bulk_pages("SMALL", 500)
+    confluence.bulk_pages("LARGE", 5000)
+    small = _sync_peak_rss_mb(env, "SMALL")
+    large = _sync_peak_rss_mb(env, "LARGE")
+    with __import__("psycopg").connect(db.url) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT queueing_lock) FROM procrastinate_jobs "
+            "WHERE queue_name = 'pages' AND status = 'todo'"
+        ).fetchone()
+    assert row == (5500, 5500), row
+    print(f"sync peak RSS: 500 pages {small:.0f} MB, 5,000 pages {large:.0f} MB")  # shown with `pytest -s`
+    assert large - small < 25, f"peak RSS grew with the space: 500 pages {small:.0f} MB, 5,000 {large:.0f} MB"
+    assert large < 400, f"sync peak RSS {large:.0f} MB"
