@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import procrastinate
+import psycopg
 from procrastinate import exceptions as pexc
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
 from app.errors import DatabaseUnavailable, PermanentError, RetryableError
@@ -135,6 +137,22 @@ async def queue_counts(queue: procrastinate.App) -> dict[str, int]:
         for status, n in await cur.fetchall():
             counts[str(status)] = int(n)
     return counts
+
+
+async def refresh_queue_statistics(pool: AsyncConnectionPool) -> None:
+    """ANALYZE the jobs table, so the planner knows how many jobs wait.
+
+    Why: procrastinate's job fetch skips jobs whose page lock is held. Planned without statistics (a fresh
+    database, or a table that grew from empty faster than autovacuum looks), it checks every waiting job's
+    lock on each fetch: measured with 5,000 waiting jobs, 546 ms per fetch before ANALYZE, 0.14 ms after, and a
+    first backfill indexing at a third of its speed. Backfill calls this as its queue grows; failures (e.g. a
+    role without the privilege) only cost that speed, so they are logged, not raised.
+    """
+    try:
+        async with pool.connection() as conn:
+            await conn.execute("ANALYZE procrastinate_jobs")
+    except psycopg.Error as exc:
+        log.warning("could not ANALYZE procrastinate_jobs", extra={"error": str(exc)[:300]})
 
 
 async def run_worker(queue: procrastinate.App, settings: Settings, *, name: str = "worker") -> None:

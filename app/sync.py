@@ -28,7 +28,7 @@ from rich.progress import (
 
 from app.config import Settings
 from app.models import PageRef
-from app.queue import enqueue_page
+from app.queue import enqueue_page, refresh_queue_statistics
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ async def backfill(
     resume_space, resume_at = (saved.get("space"), int(saved.get("position", 0))) if saved else (None, 0)
     report = BackfillReport()
     total = await _count(rt, keys)
+    analyzed_at = 100  # queued jobs at the last ANALYZE of the jobs table (see refresh_queue_statistics)
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -164,6 +165,9 @@ async def backfill(
                     progress.advance(task, len(batch))
                     continue
                 queued, skipped = await _enqueue_changed(rt, batch, event="backfill", force=force)
+                if queued and report.queued + queued >= analyzed_at * 2:  # at 200, 400, 800... queued jobs
+                    await refresh_queue_statistics(rt.pool)
+                    analyzed_at = report.queued + queued
                 report.queued += queued
                 report.skipped_unchanged += skipped
                 report.seen += len(batch)

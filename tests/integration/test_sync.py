@@ -89,3 +89,18 @@ async def test_periodic_tick_defers_one_reconciliation(rt: Runtime) -> None:
 
     assert await defer_reconcile(rt) is True
     assert await defer_reconcile(rt) is False  # one waiting reconciliation at a time
+
+
+async def test_backfill_keeps_the_queue_tables_statistics_fresh(
+    rt: Runtime, fakes: tuple[FakeConfluence, FakeOllama]
+) -> None:
+    """A fresh jobs table has no statistics, and procrastinate's fetch then checks every waiting job's lock
+    (hundreds of ms per fetch with thousands waiting): backfill analyzes it as the queue grows."""
+    confluence, _ = fakes
+    confluence.bulk_pages("STATS", 450)
+    await backfill(rt, ["STATS"])
+    async with rt.pool.connection() as conn:
+        row = await (
+            await conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'procrastinate_jobs'::regclass")
+        ).fetchone()
+    assert row is not None and row[0] >= 400, f"planner still believes the jobs table holds {row} rows"
