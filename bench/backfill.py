@@ -18,8 +18,8 @@ backfill enqueued the jobs within autovacuum's naptime) procrastinate's job fetc
 lock before picking one, hundreds of ms per job with thousands waiting, so the indexing rate collapses until
 autovacuum analyzes the table. Enumeration +
 enqueue rate: pages / the `seconds` the sync reports (process start-up excluded; the wall time including
-start-up is shown too). Peak RSS of each process is the kernel's `ru_maxrss` for that child, read with
-`os.wait4` when it exits (exact, no sampling).
+start-up is shown too). Peak RSS of each process is its own VmHWM, polled
+until it exits (`tests.e2e.harness.PeakRss`; `ru_maxrss` would include the benchmark process's own size).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 import psycopg
 
 from bench.common import fresh_database, machine, postgres, show
+from tests.e2e.harness import PeakRss
 
 SIZES = (5_000, 20_000)
 MAX_LIMIT = 250  # Confluence Cloud v2 lists at most 250 results per response
@@ -116,11 +117,10 @@ def environment(database_url: str, fakes: FakeServers, data_dir: str) -> dict[st
     return env
 
 
-def reap(proc: subprocess.Popen[bytes]) -> float:
-    """Wait for `proc` to exit; its peak RSS in MB (ru_maxrss is in KiB on Linux)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024
+def reap(proc: subprocess.Popen[bytes], peak: PeakRss) -> float:
+    """Wait for `proc` to exit; its own peak RSS in MB (see `PeakRss` for why not `ru_maxrss`)."""
+    proc.wait()
+    return peak.result()
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -169,8 +169,9 @@ def run_size(server: str, n: int, tmp: Path) -> Run:
             [cli(), "sync", "--space", "ENG"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         assert sync.stdout is not None
+        sync_peak = PeakRss(sync.pid)
         output = sync.stdout.read()  # until it exits (the progress bar is not live on a pipe)
-        run.sync_rss_mb = reap(sync)
+        run.sync_rss_mb = reap(sync, sync_peak)
         run.sync_wall = time.monotonic() - started
         text = output.decode(errors="replace")
         match = _REPORT.search(text)
@@ -183,6 +184,7 @@ def run_size(server: str, n: int, tmp: Path) -> Run:
         drain_started = time.monotonic()
         with worker_log.open("wb") as log:
             worker = subprocess.Popen([cli(), "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker_peak = PeakRss(worker.pid)
         try:
             wait_worker_ready(db_url, worker, worker_log)
             run.worker_rss_started_mb = vm_hwm_mb(worker.pid)
@@ -198,7 +200,7 @@ def run_size(server: str, n: int, tmp: Path) -> Run:
         finally:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
-            run.worker_rss_mb = reap(worker)
+            run.worker_rss_mb = reap(worker, worker_peak)
     finally:
         fakes.close()
     return run
@@ -248,8 +250,8 @@ def main() -> str:
         "list response, one-chunk pages) and a zero-cost fake Ollama process; Postgres and the fakes share the "
         "machine's cores. Enumerate + enqueue = pages / the sync's own reported seconds (start-up excluded; "
         "the wall time with start-up in brackets). Indexing = pages / seconds from starting the worker until all "
-        "are `indexed` in cv_pages. End to end = sync wall time + indexing time. Peak RSS = ru_maxrss of each "
-        "process at exit (worker: VmHWM once started → at exit). Jobs table analyzed: whether Postgres had "
+        "are `indexed` in cv_pages. End to end = sync wall time + indexing time. Peak RSS = VmHWM of each "
+        "process, polled to its exit (worker: once started → at exit). Jobs table analyzed: whether Postgres had "
         "statistics for procrastinate_jobs when the worker started; without them each job fetch checks the "
         "lock of every waiting job before picking one, until autovacuum analyzes the table."
     )

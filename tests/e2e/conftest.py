@@ -69,9 +69,7 @@ class Db:
             row = cur.fetchone()
         if row is None:
             return None
-        return dict(
-            zip(("status", "version", "chunk_count", "reason", "last_error", "attempts"), row, strict=True)
-        )
+        return dict(zip(("status", "version", "chunk_count", "reason", "last_error", "attempts"), row, strict=True))
 
     def total_rows(self) -> int:
         with psycopg.connect(self.url) as conn:

@@ -30,9 +30,7 @@ def cli_path() -> str:
     return found or str(Path(sys.executable).parent / "confluence-vectors")
 
 
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = ""
-) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -84,9 +82,7 @@ class Service:
 
 
 class Api(Service):
-    def __init__(
-        self, env: dict[str, str], log_path: Path, *, worker: bool = True, port: int | None = None
-    ) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, worker: bool = True, port: int | None = None) -> None:
         self.port = port or free_port()
         args = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if not worker:
@@ -117,14 +113,8 @@ class Api(Service):
         )
 
 
-def service_env(
-    *, database_url: str, confluence: Any, ollama: Any, data_dir: Path, **extra: str
-) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CONFLUENCE_", "OLLAMA_", "EMBED_", "WEBHOOK_"))
-    }
+def service_env(*, database_url: str, confluence: Any, ollama: Any, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONFLUENCE_", "OLLAMA_", "EMBED_", "WEBHOOK_"))}
     env.update(
         {
             "DATABASE_URL": database_url,
@@ -159,3 +149,41 @@ def running(service: Service) -> Iterator[Service]:
         yield service
     finally:
         service.stop()
+
+
+class PeakRss:
+    """A child's own peak RSS, from `/proc/<pid>/status` VmHWM, polled until it exits.
+
+    Not `ru_maxrss` from `wait4`/`getrusage`: Linux folds the address space a process had *before* exec into
+    it, and with vfork that is the parent's, so a small child of a large test or benchmark process reports
+    the parent's size. VmHWM is the high-water mark of the new program's own memory; being monotonic, the last
+    value read before exit misses only growth in the final polling interval.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        import threading
+
+        self.pid = pid
+        self.interval = interval
+        self.mb = 0.0
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        path = Path(f"/proc/{self.pid}/status")
+        while True:
+            try:
+                text = path.read_text()
+            except OSError:
+                return  # gone
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.mb = max(self.mb, int(line.split()[1]) / 1024)
+                if line.startswith("State:") and "Z" in line.split()[1]:
+                    return  # a zombie has no memory left to measure
+            time.sleep(self.interval)
+
+    def result(self) -> float:
+        """The peak in MB; call after the process has exited (joins the poller)."""
+        self._thread.join(timeout=5)
+        return self.mb

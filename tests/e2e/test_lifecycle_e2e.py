@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from tests.e2e.conftest import Db, page_body
-from tests.e2e.harness import Api, cli_path, wait_until
+from tests.e2e.harness import Api, PeakRss, cli_path, wait_until
 from tests.e2e.test_pipeline_e2e import api_queue_idle, indexed
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.ollama import FakeOllama
@@ -137,18 +137,14 @@ def test_sync_backfills_a_space(
 
 
 def _sync_peak_rss_mb(env: dict[str, str], space: str) -> float:
-    """Run `confluence-vectors sync --space` to completion; its own peak RSS in MB (wait4 of that child)."""
-    import os
-
+    """Run `confluence-vectors sync --space` to completion; its own peak RSS in MB."""
     proc = subprocess.Popen(
         [cli_path(), "sync", "--space", space], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode(errors="replace")  # EOF when it exits; then reap it ourselves
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, out
-    return usage.ru_maxrss / 1024  # kilobytes on Linux
+    peak = PeakRss(proc.pid)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return peak.result()
 
 
 def test_sync_of_a_5000_page_space_enqueues_every_page_in_bounded_memory(

@@ -20,9 +20,7 @@ def indexed(db: Db, page_id: str, version: int | None = None) -> bool:
 
 
 def test_webhook_to_rows_with_metadata(api: Api, confluence: FakeConfluence, db: Db) -> None:
-    version = confluence.put_page(
-        "1001", title="Deploy guide", body=page_body(), space_key="ENG", labels=["ops"]
-    )
+    version = confluence.put_page("1001", title="Deploy guide", body=page_body(), space_key="ENG", labels=["ops"])
     response = api.webhook({"event": "page_created", "page": {"id": 1001}})
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "queued" and response.json()["page_id"] == "1001"
@@ -92,9 +90,7 @@ def test_bad_bodies_get_clear_codes(api: Api, body: bytes, status: int) -> None:
     assert "reason" in response.json()
 
 
-def test_unchanged_redelivery_embeds_nothing(
-    api: Api, confluence: FakeConfluence, ollama: FakeOllama, db: Db
-) -> None:
+def test_unchanged_redelivery_embeds_nothing(api: Api, confluence: FakeConfluence, ollama: FakeOllama, db: Db) -> None:
     confluence.put_page("1003", title="Stable", body=page_body(), space_key="ENG")
     api.webhook({"event": "page_created", "page": {"id": 1003}})
     wait_until(lambda: indexed(db, "1003"), what="indexed")
@@ -122,9 +118,7 @@ def test_api_killed_after_202_still_indexes(
 ) -> None:
     """The API alone acknowledges, dies by SIGKILL; a worker started later does the work."""
     for i in range(5):
-        confluence.put_page(
-            f"20{i}", title=f"Durable {i}", body=page_body(2, 2, seed=str(i)), space_key="ENG"
-        )
+        confluence.put_page(f"20{i}", title=f"Durable {i}", body=page_body(2, 2, seed=str(i)), space_key="ENG")
     api_only = Api(env, tmp_path / "api-only.log", worker=False).start()
     for i in range(5):
         assert api_only.webhook({"event": "page_created", "page": {"id": f"20{i}"}}).status_code == 202
