@@ -7,6 +7,7 @@ therefore all converge. Only chunks whose embedded text changed are embedded aga
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -64,16 +65,24 @@ async def process_page(rt: Runtime, page_id: str, content_type: ContentType | No
 
 
 async def page_nodes(client: ConfluenceClient, settings: Settings, page: Page) -> list[TextNode]:
-    """The page as the chunks we embed: mentions resolved, storage format → Markdown → heading-aware chunks."""
+    """The page as the chunks we embed: mentions resolved, storage format → Markdown → heading-aware chunks.
+
+    Conversion and chunking are pure CPU (tens of ms for a big page) and run in a thread: under `serve` the
+    worker shares its event loop with the webhook endpoint, whose acknowledgements must not wait behind them.
+    """
     users = await client.resolve_users(user_refs(page.body_storage)) if page.body_storage else {}
-    markdown = storage_to_markdown(page.body_storage, users=users, title=page.title)
-    return chunk_page(
-        page,
-        markdown,
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-        max_tokens=settings.embed_max_tokens,
-    )
+
+    def convert_and_chunk() -> list[TextNode]:
+        markdown = storage_to_markdown(page.body_storage, users=users, title=page.title)
+        return chunk_page(
+            page,
+            markdown,
+            chunk_size=settings.chunk_size,
+            chunk_overlap=settings.chunk_overlap,
+            max_tokens=settings.embed_max_tokens,
+        )
+
+    return await asyncio.to_thread(convert_and_chunk)
 
 
 async def index_page(rt: Runtime, page: Page) -> Outcome:
