@@ -32,6 +32,12 @@ API_TOKEN = "fault-token"
 # --- invariants ---------------------------------------------------------------------------------------------
 
 
+def assert_all_indexed_once_and_no_failed_job(db: Db, versions: dict[str, int]) -> None:
+    for pid, version in versions.items():
+        assert_indexed_exactly_once(db, pid, version)
+    assert jobs_by_status(db).get("failed", 0) == 0
+
+
 def assert_indexed_exactly_once(db: Db, page_id: str, version: int) -> None:
     """The page is indexed at `version`: as many rows as `cv_pages.chunk_count`, all of that version, and no
     node id twice (in the whole table)."""
@@ -130,9 +136,7 @@ def test_worker_sigkilled_mid_page_is_redone_exactly_once(
                 timeout=60,
                 what=f"all pages indexed after the kill; worker log:\n{replacement.logs()[-3000:]}",
             )
-    for pid in ids:
-        assert_indexed_exactly_once(db, pid, versions[pid])
-    assert jobs_by_status(db).get("failed", 0) == 0
+    assert_all_indexed_once_and_no_failed_job(db, {pid: versions[pid] for pid in ids})
 
 
 # --- 2. API killed while webhooks race it -----------------------------------------------------------------
@@ -231,9 +235,7 @@ def test_ollama_outage_is_visible_and_loses_nothing(
         assert status["failed"] == [] and status["pages"] == {"indexed": len(ids)}
         time.sleep(5.1)  # /readyz caches each check for 5 s
         assert httpx.get(f"{api.url}/readyz", timeout=20).status_code == 200
-    for pid in ids:
-        assert_indexed_exactly_once(db, pid, versions[pid])
-    assert jobs_by_status(db).get("failed", 0) == 0
+    assert_all_indexed_once_and_no_failed_job(db, {pid: versions[pid] for pid in ids})
 
 
 # --- 4. Confluence 429 / 5xx storm -------------------------------------------------------------------------
