@@ -16,6 +16,7 @@ from app.errors import PermanentError
 from app.pipeline import process_page
 from app.queue import MAINTENANCE_QUEUE, PAGES_QUEUE, RECONCILE, recover_stalled, tasks
 from app.runtime import current
+from app.security import prune_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,7 @@ async def tick(context: JobContext, timestamp: int) -> None:
     """Every minute, on one worker: recover stalled jobs, prune old deliveries, start reconciliation when due."""
     rt = current()
     await recover_stalled(rt.queue, stalled_after=rt.settings.worker_heartbeat_seconds * 3)
-    async with rt.pool.connection() as conn:
-        await conn.execute(
-            "DELETE FROM cv_deliveries WHERE received_at < now() - make_interval(secs => %s)",
-            (rt.settings.dedupe_window_seconds,),
-        )
+    await prune_deliveries(rt.pool, window_seconds=rt.settings.dedupe_window_seconds)
     if rt.settings.reconcile_interval > 0:
         from app.sync import reconcile_due
 

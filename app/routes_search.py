@@ -45,17 +45,8 @@ router = APIRouter(tags=["search"])
 
 
 def _result(hit: SearchHit) -> SearchResult:
-    return SearchResult(
-        score=hit.score,
-        text=hit.text,
-        page_id=hit.page_id,
-        title=hit.title,
-        url=hit.url,
-        space_key=hit.space_key,
-        header_path=hit.header_path,
-        version=hit.version,
-        last_modified=hit.last_modified,
-    )
+    """The API's view of a hit: the same fields, read off the dataclass (`node_id` stays internal)."""
+    return SearchResult.model_validate(hit, from_attributes=True)
 
 
 @router.get(

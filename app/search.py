@@ -166,33 +166,39 @@ def _filters(alias: str, *, space: str | None, label: str | None) -> sql.Composa
     return sql.SQL(" AND ").join(conditions)
 
 
-def _vector_sql(table: str, *, space: str | None, label: str | None) -> sql.Composed:
+def _nearest_cte(table: str, *, space: str | None, label: str | None, limit: str) -> sql.Composed:
+    """The semantic ranking both modes start from: the HNSW scan, materialized and re-sorted by the caller
+    (the iterative scan's relaxed order is only roughly by distance). `limit` names the bound parameter."""
     return sql.SQL(
-        """
-        WITH nearest AS MATERIALIZED (
+        """nearest AS MATERIALIZED (
             SELECT d.id, d.embedding <=> %(embedding)s AS distance
             FROM {t} AS d
             WHERE {where}
             ORDER BY distance
-            LIMIT %(k)s
-        )
+            LIMIT {limit}
+        )"""
+    ).format(
+        t=sql.Identifier(f"data_{table}"),
+        where=_filters("d", space=space, label=label),
+        limit=sql.Placeholder(limit),
+    )
+
+
+def _vector_sql(table: str, *, space: str | None, label: str | None) -> sql.Composed:
+    return sql.SQL(
+        """
+        WITH {nearest}
         SELECT 1 - n.distance AS score, d.text, d.metadata_, d.node_id
         FROM nearest AS n JOIN {t} AS d ON d.id = n.id
         ORDER BY n.distance, d.id
         """
-    ).format(t=sql.Identifier(f"data_{table}"), where=_filters("d", space=space, label=label))
+    ).format(t=sql.Identifier(f"data_{table}"), nearest=_nearest_cte(table, space=space, label=label, limit="k"))
 
 
 def _hybrid_sql(table: str, *, space: str | None, label: str | None) -> sql.Composed:
     return sql.SQL(
         """
-        WITH nearest AS MATERIALIZED (
-            SELECT d.id, d.embedding <=> %(embedding)s AS distance
-            FROM {t} AS d
-            WHERE {where}
-            ORDER BY distance
-            LIMIT %(candidates)s
-        ),
+        WITH {nearest},
         semantic AS (
             SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM nearest
         ),
@@ -253,7 +259,11 @@ def _hybrid_sql(table: str, *, space: str | None, label: str | None) -> sql.Comp
         ORDER BY f.score DESC, f.lexical_rank NULLS LAST, f.semantic_rank NULLS LAST
         LIMIT %(k)s
         """
-    ).format(t=sql.Identifier(f"data_{table}"), where=_filters("d", space=space, label=label))
+    ).format(
+        t=sql.Identifier(f"data_{table}"),
+        where=_filters("d", space=space, label=label),
+        nearest=_nearest_cte(table, space=space, label=label, limit="candidates"),
+    )
 
 
 def _hit(row: dict[str, Any]) -> SearchHit:

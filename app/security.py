@@ -128,19 +128,23 @@ async def seen_recently(pool: AsyncConnectionPool, digest: str, window_seconds: 
     return bool(row and row[0])
 
 
-async def remember_delivery(pool: AsyncConnectionPool, digest: str, *, window_seconds: int = 0) -> None:
-    """Record an accepted delivery, and drop digests past retention so the table stays small.
-
-    Retention is the longer of `window_seconds` and a day: pruning is a range delete on the `received_at`
-    index that finds nothing almost always, cheap enough to run on every call, and deterministic.
-    """
-    retention = max(window_seconds, MIN_RETENTION_SECONDS)
-    async with pool.connection() as conn, conn.transaction():
+async def remember_delivery(pool: AsyncConnectionPool, digest: str) -> None:
+    """Record an accepted delivery: one upsert, all the webhook path pays (pruning is the periodic tick's)."""
+    async with pool.connection() as conn:
         await conn.execute(
             """INSERT INTO cv_deliveries (digest) VALUES (%s)
                ON CONFLICT (digest) DO UPDATE SET received_at = now()""",
             (digest,),
         )
+
+
+async def prune_deliveries(pool: AsyncConnectionPool, *, window_seconds: int = 0) -> None:
+    """Drop digests past retention so the table stays small; run by the periodic tick, not per webhook.
+
+    Retention is the longer of `window_seconds` and a day: a range delete on the `received_at` index.
+    """
+    retention = max(window_seconds, MIN_RETENTION_SECONDS)
+    async with pool.connection() as conn:
         await conn.execute(
             "DELETE FROM cv_deliveries WHERE received_at < now() - make_interval(secs => %s)", (retention,)
         )

@@ -166,7 +166,7 @@ async def confluence_webhook(
             headers={"Retry-After": "5"},
         )
     try:
-        await remember_delivery(rt.pool, digest, window_seconds=settings.dedupe_window_seconds)
+        await remember_delivery(rt.pool, digest)
     except Exception:  # best effort: the job is stored, a missed dedupe only costs a no-op job
         log.warning("could not record delivery digest", extra={"page_id": parsed.page_id})
     metrics.webhooks.labels(parsed.event, outcome).inc()

@@ -49,7 +49,7 @@ def _slot(feature: str, dim: int) -> tuple[int, float]:
     return digest % dim, (1.0 if digest >> 63 else -1.0)
 
 
-def embed_text(text: str, dim: int = 1024) -> list[float]:
+def embed_text(text: str, dim: int = 1024, *, trigram_weight: float = _TRIGRAM_WEIGHT) -> list[float]:
     """Deterministic unit vector: lowercased word unigrams plus character trigrams of each padded word.
     Shared words and shared word pieces (Korean particles, English inflections) raise cosine similarity."""
     vector = [0.0] * dim
@@ -59,7 +59,7 @@ def embed_text(text: str, dim: int = 1024) -> list[float]:
         padded = f"<{word}>"
         for i in range(len(padded) - 2):
             index, sign = _slot("t:" + padded[i : i + 3], dim)
-            vector[index] += sign * _TRIGRAM_WEIGHT
+            vector[index] += sign * trigram_weight
     norm = math.sqrt(sum(x * x for x in vector))
     if norm == 0.0:  # empty or punctuation-only text: a fixed unit vector, never zeros (cosine would be NaN)
         vector[0] = 1.0

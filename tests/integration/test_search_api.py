@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from app.config import Settings
 from app.errors import EmbeddingUnavailable
 from app.routes_search import router
-from app.security import configure_exposure, remember_delivery, require_api_token, seen_recently
+from app.security import configure_exposure, prune_deliveries, remember_delivery, require_api_token, seen_recently
 from tests.conftest import make_settings
 from tests.integration.test_search import load_corpus
 from tests.unit._embed import FakeQueryEmbedder
@@ -206,20 +206,22 @@ async def test_seen_recently_and_remember(pool: Any) -> None:
     assert await seen_recently(pool, "body:abc", 300)
 
 
-async def test_remember_prunes_old_rows_only(pool: Any) -> None:
+async def test_prune_drops_old_rows_only(pool: Any) -> None:
     async with pool.connection() as conn:
         await conn.execute(
             """INSERT INTO cv_deliveries (digest, received_at) VALUES
                ('old', now() - interval '2 days'), ('recent', now() - interval '2 hours')"""
         )
     await remember_delivery(pool, "new")
+    await prune_deliveries(pool)
     async with pool.connection() as conn:
         rows = await (await conn.execute("SELECT digest FROM cv_deliveries ORDER BY digest")).fetchall()
     assert [r[0] for r in rows] == ["new", "recent"]
     # a dedupe window longer than the default retention keeps its rows
     async with pool.connection() as conn:
         await conn.execute("INSERT INTO cv_deliveries (digest, received_at) VALUES ('week', now() - interval '3 days')")
-    await remember_delivery(pool, "new2", window_seconds=7 * 86400)
+    await remember_delivery(pool, "new2")
+    await prune_deliveries(pool, window_seconds=7 * 86400)
     async with pool.connection() as conn:
         row = await (await conn.execute("SELECT count(*) FROM cv_deliveries WHERE digest = 'week'")).fetchone()
     assert row is not None and row[0] == 1
