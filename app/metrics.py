@@ -14,6 +14,12 @@ class Metrics:
         self.webhooks = Counter(
             "cv_webhooks_total", "Webhook requests by event and outcome", ["event", "outcome"], registry=r
         )
+        self.webhook_batch = Histogram(
+            "cv_webhook_batch_size",
+            "Webhooks stored per intake transaction (group commit)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
         self.jobs = Counter("cv_jobs_total", "Page jobs by outcome", ["outcome"], registry=r)
         self.queue_depth = Gauge("cv_queue_jobs", "Jobs in the queue by status", ["status"], registry=r)
         self.stage_seconds = Histogram(

@@ -14,15 +14,16 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import procrastinate
 import psycopg
 from procrastinate import exceptions as pexc
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
 from app.errors import DatabaseUnavailable, PermanentError, RetryableError
@@ -38,6 +39,9 @@ RECONCILE = "cv:reconcile"
 tasks = procrastinate.Blueprint()
 
 EnqueueOutcome = Literal["queued", "coalesced"]
+#: Tries of a batch deferral that lost a race for a page lock to another process (each retry sees the winner).
+_DEFER_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,13 +111,84 @@ async def enqueue_page(
     return "queued"
 
 
-async def enqueue_many(queue: procrastinate.App, refs: list[tuple[str, str | None]], *, event: str) -> int:
-    """Enqueue a batch of pages (backfill, reconciliation); pages already waiting are skipped. Returns new jobs."""
-    queued = 0
-    for page_id, content_type in refs:
-        if await enqueue_page(queue, page_id, content_type=content_type, event=event) == "queued":
-            queued += 1
-    return queued
+@dataclass(frozen=True, slots=True)
+class PageJobRequest:
+    """One page to (re)index, as the webhook, backfill or reconciliation asks for it."""
+
+    page_id: str
+    content_type: str | None = None
+    event: str | None = None
+
+
+async def defer_pages(
+    conn: psycopg.AsyncConnection[Any], queue: procrastinate.App, requests: Sequence[PageJobRequest]
+) -> list[EnqueueOutcome]:
+    """Store jobs for many pages inside the caller's transaction, in one insert; outcomes in request order.
+
+    The same rule as `enqueue_page`, for a batch: a page whose job is already waiting (procrastinate's
+    `queueing_lock`, held only while the job is `todo`) joins that job, and a page asked for twice in the batch
+    gets one job. A job seen waiting here is fetched after this check, so after the event: joining it loses no
+    change. If another process defers the same page between the check and the insert, procrastinate raises
+    `AlreadyEnqueued` and the caller's transaction must be retried (`enqueue_pages` does).
+    """
+    locks = [page_lock(r.page_id) for r in requests]
+    cur = await conn.execute(
+        "SELECT queueing_lock FROM procrastinate_jobs WHERE status = 'todo' AND queueing_lock = ANY(%s)",
+        (sorted(set(locks)),),
+    )
+    taken = {row[0] for row in await cur.fetchall()}
+    outcomes: list[EnqueueOutcome] = []
+    jobs: list[Job] = []
+    for request, lock in zip(requests, locks, strict=True):
+        if lock in taken:
+            outcomes.append("coalesced")
+            continue
+        taken.add(lock)
+        deferrer = queue.configure_task(INDEX_PAGE, queue=PAGES_QUEUE, lock=lock, queueing_lock=lock)
+        jobs.append(
+            deferrer.make_new_job(page_id=request.page_id, content_type=request.content_type, event=request.event)
+        )
+        outcomes.append("queued")
+    if jobs:
+        await queue.job_manager.batch_defer_jobs_async(jobs, connection=conn)
+    return outcomes
+
+
+async def in_deferral_transaction(
+    pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
+) -> T:
+    """Run `work` (which calls `defer_pages`) in one transaction; retried if another process deferred one of
+    its pages between the check and the insert (the retry sees that job and joins it).
+
+    Raises DatabaseUnavailable when Postgres cannot be reached.
+    """
+    for attempt in range(_DEFER_ATTEMPTS):
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                return await work(conn)
+        except pexc.AlreadyEnqueued:
+            if attempt == _DEFER_ATTEMPTS - 1:
+                raise
+            log.info("a page was deferred by another process meanwhile; retrying the batch")
+        except (psycopg.OperationalError, PoolTimeout, pexc.ConnectorException, OSError) as exc:
+            raise DatabaseUnavailable(f"cannot store the jobs: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+async def enqueue_pages(
+    pool: AsyncConnectionPool, queue: procrastinate.App, requests: Sequence[PageJobRequest]
+) -> list[EnqueueOutcome]:
+    """`defer_pages` in a transaction of its own. Raises DatabaseUnavailable."""
+    return await in_deferral_transaction(pool, lambda conn: defer_pages(conn, queue, requests))
+
+
+async def enqueue_many(
+    pool: AsyncConnectionPool, queue: procrastinate.App, refs: list[tuple[str, str | None]], *, event: str
+) -> int:
+    """Enqueue a batch of pages (backfill, reconciliation) in one transaction; pages already waiting join
+    their job. Returns the number of new jobs."""
+    outcomes = await enqueue_pages(pool, queue, [PageJobRequest(page_id, ct, event) for page_id, ct in refs])
+    return outcomes.count("queued")
 
 
 async def recover_stalled(queue: procrastinate.App, *, stalled_after: float) -> int:

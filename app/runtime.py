@@ -7,6 +7,7 @@ one runtime.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from app.confluence import ConfluenceClient
 from app.db import database_url, make_pool, migrate
 from app.embeddings import OllamaBgeM3Embedding
 from app.errors import ConfigurationError
+from app.intake import WebhookIntake
 from app.metrics import Metrics
 from app.queue import build_queue
 from app.vector_store import VectorStore
@@ -38,6 +40,7 @@ class Runtime:
     confluence: ConfluenceClient
     embedder: OllamaBgeM3Embedding
     metrics: Metrics
+    intake: WebhookIntake
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -60,18 +63,34 @@ class Runtime:
             confluence=ConfluenceClient(settings, on_retry=metrics.confluence_retry),
             embedder=OllamaBgeM3Embedding.from_settings(settings),
             metrics=metrics,
+            intake=WebhookIntake(pool, queue, dedupe_window_seconds=settings.dedupe_window_seconds, metrics=metrics),
         )
         _current = runtime
+        freeze_startup_objects()
         return runtime
 
     async def close(self) -> None:
         global _current
+        await self.intake.aclose()
         await self.confluence.aclose()
         await self.embedder.aclose()
         await self.queue.close_async()
         await self.pool.close()
         if _current is self:
             _current = None
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (modules, LlamaIndex, pools) out of the garbage collector's sight.
+
+    Why: a full collection walks every tracked object, and this process starts with ~180k of them, none of
+    them garbage. Measured: each full collection took ~95-160 ms, and under a webhook burst the allocation rate
+    triggered one every second or so, stalling every in-flight request for that long (the p99 of
+    acknowledgement latency was these stalls). Frozen objects are never scanned, so collections only walk what
+    requests and jobs allocate. The cost is that startup garbage is never freed: `collect()` first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def current() -> Runtime:

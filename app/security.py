@@ -10,10 +10,12 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
@@ -114,28 +116,31 @@ def delivery_digest(body: bytes, headers: Mapping[str, str]) -> str:
     return "body:" + hashlib.sha256(body).hexdigest()
 
 
-async def seen_recently(pool: AsyncConnectionPool, digest: str, window_seconds: int) -> bool:
-    """Whether this delivery was accepted within the last `window_seconds` (0 disables deduplication)."""
-    if window_seconds <= 0:
-        return False
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            """SELECT EXISTS (SELECT 1 FROM cv_deliveries
-                              WHERE digest = %s AND received_at > now() - make_interval(secs => %s))""",
-            (digest, window_seconds),
-        )
-        row = await cur.fetchone()
-    return bool(row and row[0])
+async def recently_seen(conn: AsyncConnection[Any], digests: Sequence[str], window_seconds: int) -> set[str]:
+    """Which of `digests` were accepted within the last `window_seconds` (0 disables deduplication).
+
+    Takes the caller's connection: the webhook intake checks, defers and remembers a whole batch in one
+    transaction, so a delivery is marked seen exactly when its job is committed.
+    """
+    if window_seconds <= 0 or not digests:
+        return set()
+    cur = await conn.execute(
+        """SELECT digest FROM cv_deliveries
+           WHERE digest = ANY(%s) AND received_at > now() - make_interval(secs => %s)""",
+        (list(digests), window_seconds),
+    )
+    return {row[0] for row in await cur.fetchall()}
 
 
-async def remember_delivery(pool: AsyncConnectionPool, digest: str) -> None:
-    """Record an accepted delivery: one upsert, all the webhook path pays (pruning is the periodic tick's)."""
-    async with pool.connection() as conn:
-        await conn.execute(
-            """INSERT INTO cv_deliveries (digest) VALUES (%s)
-               ON CONFLICT (digest) DO UPDATE SET received_at = now()""",
-            (digest,),
-        )
+async def remember_deliveries(conn: AsyncConnection[Any], digests: Sequence[str]) -> None:
+    """Record accepted deliveries: one upsert per batch, all the webhook path pays (pruning is the tick's)."""
+    if not digests:
+        return
+    await conn.execute(
+        """INSERT INTO cv_deliveries (digest) SELECT DISTINCT unnest(%s::text[])
+           ON CONFLICT (digest) DO UPDATE SET received_at = now()""",
+        (list(digests),),
+    )
 
 
 async def prune_deliveries(pool: AsyncConnectionPool, *, window_seconds: int = 0) -> None:

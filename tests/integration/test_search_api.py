@@ -14,7 +14,13 @@ from fastapi import Depends, FastAPI
 from app.config import Settings
 from app.errors import EmbeddingUnavailable
 from app.routes_search import router
-from app.security import configure_exposure, prune_deliveries, remember_delivery, require_api_token, seen_recently
+from app.security import (
+    configure_exposure,
+    prune_deliveries,
+    recently_seen,
+    remember_deliveries,
+    require_api_token,
+)
 from tests.conftest import make_settings
 from tests.integration.test_search import load_corpus
 from tests.unit._embed import FakeQueryEmbedder
@@ -191,19 +197,29 @@ async def test_embedding_server_down_is_503(pool: Any) -> None:
 
 
 # --- delivery dedupe records --------------------------------------------------------------------------------
-async def test_seen_recently_and_remember(pool: Any) -> None:
-    assert not await seen_recently(pool, "body:abc", 300)
-    await remember_delivery(pool, "body:abc")
-    assert await seen_recently(pool, "body:abc", 300)
-    assert not await seen_recently(pool, "body:abc", 0)  # window 0 disables dedupe
-    assert not await seen_recently(pool, "body:other", 300)
+async def _seen(pool: Any, digest: str, window: int) -> bool:
+    async with pool.connection() as conn:
+        return digest in await recently_seen(conn, [digest, "body:unrelated"], window)
+
+
+async def _remember(pool: Any, *digests: str) -> None:
+    async with pool.connection() as conn:
+        await remember_deliveries(conn, list(digests))
+
+
+async def test_recently_seen_and_remember(pool: Any) -> None:
+    assert not await _seen(pool, "body:abc", 300)
+    await _remember(pool, "body:abc", "body:abc")  # the same digest twice in one batch is one row
+    assert await _seen(pool, "body:abc", 300)
+    assert not await _seen(pool, "body:abc", 0)  # window 0 disables dedupe
+    assert not await _seen(pool, "body:other", 300)
 
     async with pool.connection() as conn:
         await conn.execute("UPDATE cv_deliveries SET received_at = now() - interval '10 minutes'")
-    assert not await seen_recently(pool, "body:abc", 300)  # outside the window
-    assert await seen_recently(pool, "body:abc", 3600)
-    await remember_delivery(pool, "body:abc")  # upsert refreshes the time
-    assert await seen_recently(pool, "body:abc", 300)
+    assert not await _seen(pool, "body:abc", 300)  # outside the window
+    assert await _seen(pool, "body:abc", 3600)
+    await _remember(pool, "body:abc", "body:new")  # upsert refreshes the time
+    assert await _seen(pool, "body:abc", 300) and await _seen(pool, "body:new", 300)
 
 
 async def test_prune_drops_old_rows_only(pool: Any) -> None:
@@ -212,7 +228,7 @@ async def test_prune_drops_old_rows_only(pool: Any) -> None:
             """INSERT INTO cv_deliveries (digest, received_at) VALUES
                ('old', now() - interval '2 days'), ('recent', now() - interval '2 hours')"""
         )
-    await remember_delivery(pool, "new")
+    await _remember(pool, "new")
     await prune_deliveries(pool)
     async with pool.connection() as conn:
         rows = await (await conn.execute("SELECT digest FROM cv_deliveries ORDER BY digest")).fetchall()
@@ -220,7 +236,7 @@ async def test_prune_drops_old_rows_only(pool: Any) -> None:
     # a dedupe window longer than the default retention keeps its rows
     async with pool.connection() as conn:
         await conn.execute("INSERT INTO cv_deliveries (digest, received_at) VALUES ('week', now() - interval '3 days')")
-    await remember_delivery(pool, "new2")
+    await _remember(pool, "new2")
     await prune_deliveries(pool, window_seconds=7 * 86400)
     async with pool.connection() as conn:
         row = await (await conn.execute("SELECT count(*) FROM cv_deliveries WHERE digest = 'week'")).fetchone()
