@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import procrastinate
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -35,6 +34,9 @@ IntakeOutcome = Literal["queued", "coalesced", "duplicate"]
 
 #: Largest batch in one transaction: bounds the statement size and the blast radius of one failed commit.
 MAX_BATCH = 500
+#: Transactions in flight at once: enough to keep parsing requests while others commit, few enough to leave
+#: the pool to search and status (DB_POOL_SIZE, default 10).
+MAX_IN_FLIGHT = 3
 #: Event-loop passes a batch may wait for more requests to join it (only while each pass brings new ones).
 _GATHER_ROUNDS = 8
 
@@ -48,25 +50,26 @@ class Delivery:
 
 
 class WebhookIntake:
-    """Stores deliveries in batches, one transaction per batch, one batch at a time."""
+    """Stores deliveries in batches, one transaction per batch, a few batches at a time."""
 
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        queue: procrastinate.App,
         *,
         dedupe_window_seconds: int,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
         metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
-        self._queue = queue
         self._window = dedupe_window_seconds
         self._max_batch = max_batch
         self._metrics = metrics
         self._pending: list[tuple[Delivery, asyncio.Future[IntakeOutcome]]] = []
         self._arrived = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self.batches = 0  #: transactions committed, for tests and the benchmark
 
     async def submit(self, delivery: Delivery) -> IntakeOutcome:
@@ -80,33 +83,50 @@ class WebhookIntake:
         return await asyncio.shield(future)
 
     async def aclose(self) -> None:
-        """Store what is pending, then stop the flusher."""
+        """Store what is pending, wait for the batches in flight, then stop the flusher."""
         while self._pending and self._flusher is not None and not self._flusher.done():
             await asyncio.sleep(0.01)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
 
     async def _run(self) -> None:
+        """Cut batches and commit them, up to `max_in_flight` transactions at once.
+
+        A slot is taken *before* the batch is cut: while every slot is busy, arrivals pile up and the next
+        batch is bigger, so the number of transactions adapts to the load. With several in flight, requests
+        are parsed while earlier batches commit, instead of the whole process idling on each commit.
+        """
         while True:
             await self._arrived.wait()
+            await self._slots.acquire()
             await self._gather()
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             if not self._pending:
                 self._arrived.clear()
             if not batch:
+                self._slots.release()
                 continue
-            try:
-                outcomes = await self._store([delivery for delivery, _ in batch])
-            except Exception as exc:  # every waiter gets the failure: never a 202 for an unstored job
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
+            task = asyncio.create_task(self._commit(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _commit(self, batch: list[tuple[Delivery, asyncio.Future[IntakeOutcome]]]) -> None:
+        try:
+            outcomes = await self._store([delivery for delivery, _ in batch])
+        except Exception as exc:  # every waiter gets the failure: never a 202 for an unstored job
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(outcome)
+                    future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
 
     async def _gather(self) -> None:
         """Let requests whose bytes have already arrived reach `submit` before the batch is cut.
@@ -140,7 +160,7 @@ class WebhookIntake:
             if not (self._window and delivery.digest in seen):
                 seen.add(delivery.digest)  # the same delivery twice in one batch is a duplicate too
                 fresh.append(index)
-        deferred = await defer_pages(conn, self._queue, [batch[i].job for i in fresh])
+        deferred = await defer_pages(conn, [batch[i].job for i in fresh])
         if self._window:
             await remember_deliveries(conn, [batch[i].digest for i in fresh])
         outcomes: list[IntakeOutcome] = ["duplicate"] * len(batch)

@@ -63,7 +63,7 @@ class Runtime:
             confluence=ConfluenceClient(settings, on_retry=metrics.confluence_retry),
             embedder=OllamaBgeM3Embedding.from_settings(settings),
             metrics=metrics,
-            intake=WebhookIntake(pool, queue, dedupe_window_seconds=settings.dedupe_window_seconds, metrics=metrics),
+            intake=WebhookIntake(pool, dedupe_window_seconds=settings.dedupe_window_seconds, metrics=metrics),
         )
         _current = runtime
         freeze_startup_objects()

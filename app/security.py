@@ -137,9 +137,9 @@ async def remember_deliveries(conn: AsyncConnection[Any], digests: Sequence[str]
     if not digests:
         return
     await conn.execute(
-        """INSERT INTO cv_deliveries (digest) SELECT DISTINCT unnest(%s::text[])
+        """INSERT INTO cv_deliveries (digest) SELECT DISTINCT d FROM unnest(%s::text[]) AS d ORDER BY d
            ON CONFLICT (digest) DO UPDATE SET received_at = now()""",
-        (list(digests),),
+        (sorted(digests),),  # one lock order for every batch: concurrent batches wait, never deadlock
     )
 
 

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import procrastinate
+import psycopg
 import pytest
-from procrastinate import exceptions as pexc
 
+from app import intake as intake_module
 from app.errors import DatabaseUnavailable
 from app.intake import Delivery, WebhookIntake
-from app.queue import PageJobRequest, build_queue, enqueue_page, enqueue_pages
+from app.queue import PageJobRequest, build_queue, defer_pages, enqueue_page, enqueue_pages
 from tests.conftest import make_settings
 
 
@@ -36,7 +37,7 @@ def _delivery(page: str, digest: str | None = None, event: str = "page_updated")
 
 
 async def test_concurrent_deliveries_share_transactions_and_get_their_own_outcome(pool: Any, queue: Any) -> None:
-    intake = WebhookIntake(pool, queue, dedupe_window_seconds=300)
+    intake = WebhookIntake(pool, dedupe_window_seconds=300)
     deliveries = [_delivery(str(page)) for page in range(1, 101)]
     deliveries += [_delivery("1", "body:other-event-for-1")]  # same page, new delivery: joins page 1's job
     deliveries += [_delivery("2")]  # the very same delivery as page 2's: a duplicate
@@ -55,7 +56,7 @@ async def test_concurrent_deliveries_share_transactions_and_get_their_own_outcom
 async def test_redelivery_within_window_is_duplicate_but_new_event_for_waiting_page_coalesces(
     pool: Any, queue: Any
 ) -> None:
-    intake = WebhookIntake(pool, queue, dedupe_window_seconds=300)
+    intake = WebhookIntake(pool, dedupe_window_seconds=300)
     assert await intake.submit(_delivery("7")) == "queued"
     assert await intake.submit(_delivery("7")) == "duplicate"
     assert await intake.submit(_delivery("7", "body:edit-2")) == "coalesced"
@@ -64,7 +65,7 @@ async def test_redelivery_within_window_is_duplicate_but_new_event_for_waiting_p
 
 
 async def test_without_dedupe_window_redeliveries_coalesce_and_nothing_is_recorded(pool: Any, queue: Any) -> None:
-    intake = WebhookIntake(pool, queue, dedupe_window_seconds=0)
+    intake = WebhookIntake(pool, dedupe_window_seconds=0)
     assert await asyncio.gather(intake.submit(_delivery("7")), intake.submit(_delivery("7"))) == [
         "queued",
         "coalesced",
@@ -77,7 +78,7 @@ async def test_without_dedupe_window_redeliveries_coalesce_and_nothing_is_record
 
 async def test_a_page_whose_job_runs_gets_a_new_job(pool: Any, queue: Any) -> None:
     """Only a *waiting* job is joined: one already running may have fetched the page before this event."""
-    intake = WebhookIntake(pool, queue, dedupe_window_seconds=300)
+    intake = WebhookIntake(pool, dedupe_window_seconds=300)
     assert await intake.submit(_delivery("9")) == "queued"
     async with pool.connection() as conn:
         await conn.execute("UPDATE procrastinate_jobs SET status = 'doing'")
@@ -86,50 +87,65 @@ async def test_a_page_whose_job_runs_gets_a_new_job(pool: Any, queue: Any) -> No
     assert [status for status, _, _ in await _jobs(pool)] == ["doing", "todo"]
 
 
-async def test_a_page_deferred_by_another_process_in_between_is_joined_after_a_retry(pool: Any, queue: Any) -> None:
-    """The lock race: another process defers page 5 after our check, before our insert. Procrastinate's unique
-    index refuses our insert, the transaction rolls back, and the retry sees the other job and joins it."""
-    inserts: list[list[str]] = []
-    original = queue.job_manager.batch_defer_jobs_async
-
-    async def racing(jobs: list[Any], connection: Any = None) -> Any:
-        inserts.append([job.queueing_lock for job in jobs])
-        if len(inserts) == 1:
-            await enqueue_page(queue, "5", event="from-another-process")  # its own connection, committed
-        return await original(jobs, connection=connection)
-
-    queue.job_manager.batch_defer_jobs_async = racing
-    intake = WebhookIntake(pool, queue, dedupe_window_seconds=300)
-    outcomes = await asyncio.gather(intake.submit(_delivery("5")), intake.submit(_delivery("6")))
+async def test_a_page_deferred_by_another_transaction_in_between_is_joined_after_a_retry(pool: Any, queue: Any) -> None:
+    """The lock race, for real: another transaction defers page 5 but has not committed when our batch checks,
+    so ours inserts too and waits on procrastinate's unique index. When the other commits, ours is refused,
+    rolls back and retries; the retry sees the other job and joins it. Nothing is lost or doubled."""
+    intake = WebhookIntake(pool, dedupe_window_seconds=300)
+    async with pool.connection() as other, other.transaction():
+        assert await defer_pages(other, [PageJobRequest("5", "page", "from-another-process")]) == ["queued"]
+        ours = asyncio.gather(intake.submit(_delivery("5")), intake.submit(_delivery("6")))
+        await asyncio.sleep(0.5)
+        assert not ours.done()  # blocked on the other transaction's uncommitted job for page 5
+    outcomes = await ours
     await intake.aclose()
-    # ours (refused), the other process's, then our retry without page 5
-    assert inserts == [["page:5", "page:6"], ["page:5"], ["page:6"]]
-    assert sorted(outcomes) == ["coalesced", "queued"]
+    assert outcomes == ["coalesced", "queued"]
     jobs = await _jobs(pool)
     assert sorted(lock for _, lock, _ in jobs) == ["page:5", "page:6"]
     assert [args["event"] for _, lock, args in jobs if lock == "page:5"] == ["from-another-process"]
-    async with pool.connection() as conn:  # both deliveries remembered, in the retried transaction only
+    async with pool.connection() as conn:  # both deliveries remembered, by the retried transaction
         row = await (await conn.execute("SELECT count(*) FROM cv_deliveries")).fetchone()
     assert row is not None and row[0] == 2
 
 
-async def test_a_failed_commit_fails_every_waiter_and_stores_nothing(pool: Any, queue: Any) -> None:
-    async def broken(jobs: list[Any], connection: Any = None) -> Any:
-        raise pexc.ConnectorException("connection lost")
+async def test_a_failed_commit_fails_every_waiter_and_stores_nothing(
+    pool: Any, queue: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(conn: Any, requests: Any) -> Any:
+        await conn.execute("INSERT INTO cv_deliveries (digest) VALUES ('written-then-rolled-back')")
+        raise psycopg.OperationalError("connection lost")
 
-    queue.job_manager.batch_defer_jobs_async = broken
-    intake = WebhookIntake(pool, queue, dedupe_window_seconds=300)
+    monkeypatch.setattr(intake_module, "defer_pages", broken)
+    intake = WebhookIntake(pool, dedupe_window_seconds=300)
     results = await asyncio.gather(*(intake.submit(_delivery(str(p))) for p in range(5)), return_exceptions=True)
     await intake.aclose()
     assert all(isinstance(r, DatabaseUnavailable) for r in results)
     assert await _jobs(pool) == []
-    async with pool.connection() as conn:  # not remembered either: a retry of these deliveries is not a duplicate
+    async with pool.connection() as conn:  # nothing remembered: a retry of these deliveries is not a duplicate
         row = await (await conn.execute("SELECT count(*) FROM cv_deliveries")).fetchone()
     assert row is not None and row[0] == 0
 
 
+async def test_jobs_match_what_enqueue_page_makes(pool: Any, queue: Any) -> None:
+    """The batch path builds procrastinate's job rows in SQL; they must equal the ones its Python API makes."""
+    await enqueue_page(queue, "1", content_type="blogpost", event="page_created")
+    await enqueue_pages(pool, [PageJobRequest("2", "blogpost", "page_created"), PageJobRequest("3")])
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, status::text
+               FROM procrastinate_jobs ORDER BY id"""
+        )
+        rows = await cur.fetchall()
+    by_python, by_batch, without_type = rows
+    assert by_batch[:3] == by_python[:3] and by_batch[6:] == by_python[6:]
+    assert by_batch[3] == by_batch[4] == "page:2" and by_python[3] == by_python[4] == "page:1"
+    assert by_python[5] == {"page_id": "1", "content_type": "blogpost", "event": "page_created"}
+    assert by_batch[5] == {"page_id": "2", "content_type": "blogpost", "event": "page_created"}
+    assert without_type[5] == {"page_id": "3", "content_type": None, "event": None}
+
+
 async def test_batches_are_capped(pool: Any, queue: Any) -> None:
-    intake = WebhookIntake(pool, queue, dedupe_window_seconds=300, max_batch=10)
+    intake = WebhookIntake(pool, dedupe_window_seconds=300, max_batch=10)
     outcomes = await asyncio.gather(*(intake.submit(_delivery(str(p))) for p in range(1, 36)))
     await intake.aclose()
     assert outcomes == ["queued"] * 35
@@ -138,8 +154,6 @@ async def test_batches_are_capped(pool: Any, queue: Any) -> None:
 
 async def test_enqueue_pages_keeps_request_order(pool: Any, queue: Any) -> None:
     await enqueue_page(queue, "2", event="earlier")
-    outcomes = await enqueue_pages(
-        pool, queue, [PageJobRequest("1", "page", "sync"), PageJobRequest("2"), PageJobRequest("1")]
-    )
+    outcomes = await enqueue_pages(pool, [PageJobRequest("1", "page", "sync"), PageJobRequest("2"), PageJobRequest("1")])
     assert outcomes == ["queued", "coalesced", "coalesced"]
     assert len(await _jobs(pool)) == 2
