@@ -3,9 +3,13 @@
 A 202 promises the job is in Postgres. Committing each webhook on its own costs several round trips and a WAL
 flush per request; under a burst (a space import, a bulk label change) requests queue behind each other's
 commits, and acknowledgement latency grows with the burst. Here every request hands its delivery to one
-flusher and waits; the flusher takes everything that arrived while the previous batch committed and stores
-it in one transaction: the dedupe check, the jobs (one insert) and the delivery digests. No request waits for
-a timer: alone, a delivery is committed at once; under load, batches grow to match it.
+flusher and waits; the flusher cuts a batch of everything waiting and stores it in one transaction: the
+dedupe check, the jobs (one insert) and the delivery digests. Up to `MAX_IN_FLIGHT` batches commit at once,
+so requests keep being parsed while earlier ones commit; when every slot is busy, arrivals pile up and the
+next batch is bigger. No request waits for a timer: alone, a delivery is committed at once.
+
+Measured with bench/webhook_latency.py at 200 connections, worker busy: one commit per webhook acknowledged
+~600 webhooks/s, this intake ~3,000/s.
 
 Each request still gets its own answer: `queued`, `coalesced` (its page already has a waiting job) or
 `duplicate` (a re-delivery inside the dedupe window), or DatabaseUnavailable, which the webhook turns into 503.

@@ -70,6 +70,8 @@ def test_signatures_tokens_replays_and_limits(secured: Api, confluence: FakeConf
     confluence.put_page("6003", title="Cloud hook", body=page_body(1, 1), space_key="ENG")
     assert post(secured, cloud_body, event="page_created", token=TOKEN).status_code == 202
     wait_until(lambda: indexed(db, "6003"), what="token page indexed")
+    too_long = post(secured, cloud_body, event="x" * 101, token=TOKEN)  # query parameters are checked by hand
+    assert too_long.status_code == 422 and "`event`" in too_long.json()["reason"]
 
     too_big = json.dumps({"event": "page_created", "page": {"id": 6004}, "pad": "x" * 5000}).encode()
     assert post(secured, too_big, {"X-Hub-Signature": sign(too_big)}).status_code == 413

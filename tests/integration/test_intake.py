@@ -154,6 +154,7 @@ async def test_batches_are_capped(pool: Any, queue: Any) -> None:
 
 async def test_enqueue_pages_keeps_request_order(pool: Any, queue: Any) -> None:
     await enqueue_page(queue, "2", event="earlier")
-    outcomes = await enqueue_pages(pool, [PageJobRequest("1", "page", "sync"), PageJobRequest("2"), PageJobRequest("1")])
+    requests = [PageJobRequest("1", "page", "sync"), PageJobRequest("2"), PageJobRequest("1")]
+    outcomes = await enqueue_pages(pool, requests)
     assert outcomes == ["queued", "coalesced", "coalesced"]
     assert len(await _jobs(pool)) == 2
