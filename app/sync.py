@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,8 +28,17 @@ from rich.progress import (
 
 from app.config import Settings
 from app.models import PageRef
-from app.queue import enqueue_page, refresh_queue_statistics
+from app.queue import (
+    EnqueueOutcome,
+    PageJobRequest,
+    defer_pages,
+    enqueue_page,
+    enqueue_pages,
+    in_deferral_transaction,
+    refresh_queue_statistics,
+)
 from app.runtime import Runtime
+from app.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +104,14 @@ async def _held_versions(rt: Runtime, ids: Sequence[str]) -> dict[str, int]:
 async def _enqueue_changed(rt: Runtime, refs: list[PageRef], *, event: str, force: bool = False) -> tuple[int, int]:
     """Enqueue the refs whose version differs from what we hold. Returns (queued, skipped)."""
     held = {} if force else await _held_versions(rt, [r.id for r in refs])
-    queued = skipped = 0
-    for ref in refs:
-        if ref.version is not None and held.get(ref.id) == ref.version:
-            skipped += 1
-            continue
-        await rt.store.mark_pending(ref.id, ref.content_type)
-        if await enqueue_page(rt.queue, ref.id, content_type=ref.content_type, event=event) == "queued":
-            queued += 1
-    return queued, skipped
+    changed = [ref for ref in refs if ref.version is None or held.get(ref.id) != ref.version]
+
+    async def mark_and_defer(conn: AsyncConnection[Any]) -> list[EnqueueOutcome]:
+        await VectorStore.mark_pending(conn, [(ref.id, ref.content_type) for ref in changed])
+        return await defer_pages(conn, [PageJobRequest(ref.id, ref.content_type, event) for ref in changed])
+
+    outcomes = await in_deferral_transaction(rt.pool, mark_and_defer) if changed else []
+    return outcomes.count("queued"), len(refs) - len(changed)
 
 
 async def _batches(refs: AsyncIterator[PageRef], size: int = _BATCH) -> AsyncIterator[list[PageRef]]:
@@ -221,9 +229,9 @@ async def reconcile(rt: Runtime) -> ReconcileReport:
     async for held in _held_pages(rt):
         report.held_checked += len(held)
         present = await rt.confluence.existing_ids(held)
-        for page_id in held:
-            if page_id not in present and await enqueue_page(rt.queue, page_id, event="reconcile_vanished") == "queued":
-                report.queued_vanished += 1
+        vanished = [PageJobRequest(page_id, event="reconcile_vanished") for page_id in held if page_id not in present]
+        if vanished:
+            report.queued_vanished += (await enqueue_pages(rt.pool, vanished)).count("queued")
 
     report.seconds = time.monotonic() - started
     report.finished_at = datetime.now(UTC).isoformat()

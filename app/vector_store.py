@@ -245,14 +245,21 @@ class VectorStore:
                 (page_id, "failed" if permanent else "pending", error[:2000], permanent),
             )
 
-    async def mark_pending(self, page_id: str, content_type: str = "page") -> None:
-        """A page we were told about and have not processed yet (visible as pending in `status`)."""
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                """INSERT INTO cv_pages (page_id, content_type, status) VALUES (%s, %s, 'pending')
-                   ON CONFLICT (page_id) DO NOTHING""",
-                (page_id, content_type),
-            )
+    @staticmethod
+    async def mark_pending(conn: AsyncConnection[Any], pages: Sequence[tuple[str, str]]) -> None:
+        """Pages (id, content type) we were told about and have not processed yet (`pending` in `status`).
+
+        On the caller's connection, so backfill records them in the transaction that enqueues their jobs.
+        """
+        if not pages:
+            return
+        await conn.execute(
+            """INSERT INTO cv_pages (page_id, content_type, status)
+               SELECT p.page_id, p.content_type, 'pending'
+               FROM unnest(%s::text[], %s::text[]) AS p(page_id, content_type) ORDER BY p.page_id
+               ON CONFLICT (page_id) DO NOTHING""",
+            ([page_id for page_id, _ in pages], [content_type for _, content_type in pages]),
+        )
 
     # --- helpers ---------------------------------------------------------------------------------------
     async def _check_model(self, conn: AsyncConnection[Any]) -> None:

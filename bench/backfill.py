@@ -7,7 +7,7 @@ The requirement: memory must not grow with space size. Everything runs as its ow
 * the fake Ollama (`python -m tests.fakes.ollama`) with zero cost per input (it still computes its
   hashing-trick vectors, a few hundred microseconds per input);
 * first `confluence-vectors sync --space ENG` alone, the real backfill: streamed enumeration, one version
-  lookup per batch, `mark_pending` and one procrastinate job per page;
+  lookup per batch, then one transaction per batch marks its changed pages pending and inserts their jobs;
 * then one `confluence-vectors worker` (WORKER_CONCURRENCY=`CONCURRENCY`) draining that backlog until every
   page is `indexed` in cv_pages (or `DRAIN_TIMEOUT` passes).
 
