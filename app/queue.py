@@ -96,22 +96,6 @@ def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
     return app
 
 
-async def enqueue_page(
-    queue: procrastinate.App, page_id: str, *, content_type: str | None = None, event: str | None = None
-) -> EnqueueOutcome:
-    """Durably store a job for `page_id`, or join the one already waiting. Raises DatabaseUnavailable."""
-    deferrer = queue.configure_task(
-        INDEX_PAGE, queue=PAGES_QUEUE, lock=page_lock(page_id), queueing_lock=page_lock(page_id)
-    )
-    try:
-        await deferrer.defer_async(page_id=page_id, content_type=content_type, event=event)
-    except pexc.AlreadyEnqueued:
-        return "coalesced"
-    except pexc.ConnectorException as exc:
-        raise DatabaseUnavailable(f"cannot store the job: {exc}") from exc
-    return "queued"
-
-
 @dataclass(frozen=True, slots=True)
 class PageJobRequest:
     """One page to (re)index, as the webhook, backfill or reconciliation asks for it."""
@@ -141,12 +125,12 @@ _DEFER_PAGE_JOBS = """
 async def defer_pages(conn: psycopg.AsyncConnection[Any], requests: Sequence[PageJobRequest]) -> list[EnqueueOutcome]:
     """Store jobs for many pages inside the caller's transaction, in one insert; outcomes in request order.
 
-    The same rule as `enqueue_page`, for a batch: a page whose job is already waiting (procrastinate's
-    `queueing_lock`, held only while the job is `todo`) joins that job, and a page asked for twice in the batch
-    gets one job. A job seen waiting here is fetched after this check, so after the event: joining it loses no
-    change. If another transaction defers the same page between the check and the insert, Postgres refuses
-    ours (`AlreadyEnqueued` here) and the caller's transaction must be retried (`in_deferral_transaction`
-    does). The jobs are the ones `enqueue_page` makes: same task, queue, locks and arguments.
+    A page whose job is already waiting (procrastinate's `queueing_lock`, held only while the job is `todo`)
+    joins that job, and a page asked for twice in the batch gets one job. A job seen waiting here is fetched
+    after this check, so after the event: joining it loses no change. If another transaction defers the same
+    page between the check and the insert, Postgres refuses ours (`AlreadyEnqueued` here) and the caller's
+    transaction must be retried (`in_deferral_transaction` does). The jobs are the ones procrastinate's own
+    `defer_async` makes for this task with these locks.
     """
     locks = [page_lock(r.page_id) for r in requests]
     cur = await conn.execute(
@@ -200,10 +184,6 @@ async def in_deferral_transaction(
             if attempt == _DEFER_ATTEMPTS:
                 raise
             log.info("deferral lost a race; retrying", extra={"error": type(exc).__name__, "attempt": attempt})
-        except pexc.ConnectorException as exc:
-            if attempt == _DEFER_ATTEMPTS or not isinstance(exc.__cause__, psycopg.errors.TransactionRollback):
-                raise DatabaseUnavailable(f"cannot store the jobs: {exc}") from exc
-            log.info("deferral lost a race; retrying", extra={"error": type(exc.__cause__).__name__})
         except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
             raise DatabaseUnavailable(f"cannot store the jobs: {exc}") from exc
     raise AssertionError("unreachable")

@@ -32,7 +32,6 @@ from app.queue import (
     EnqueueOutcome,
     PageJobRequest,
     defer_pages,
-    enqueue_page,
     enqueue_pages,
     in_deferral_transaction,
     refresh_queue_statistics,
@@ -324,17 +323,12 @@ async def reindex(settings: Settings, console: Console | None = None) -> Reindex
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT page_id, content_type FROM cv_pages WHERE updated_at >= %s", (started,))
             changed = await cur.fetchall()
+        if changed:
+            await enqueue_pages(pool, [PageJobRequest(page_id, kind, "reindex") for page_id, kind in changed])
     finally:
         await client.aclose()
         await embedder.aclose()
         await pool.close()
-    if changed:
-        from app.queue import build_queue
-
-        queue = build_queue(url, settings)
-        async with queue.open_async():
-            for page_id, content_type in changed:
-                await enqueue_page(queue, page_id, content_type=content_type, event="reindex")
     return report
 
 

@@ -7,7 +7,7 @@ a fixed cost of `PER_INPUT` seconds per input and no per-call cost, computing on
 floor for any pipeline. The fake Confluence also runs as its own process, so neither fake takes the GIL from
 the pipeline.
 
-End to end: N pages are enqueued (`app.queue.enqueue_page`), then a real procrastinate worker
+End to end: N pages are enqueued (`app.queue.enqueue_pages`), then a real procrastinate worker
 (`app.queue.run_worker`, WORKER_CONCURRENCY as configured) runs in this process until every page is indexed.
 Pure embedding: the same texts (re-chunked from the pages) embedded with `OllamaBgeM3Embedding.aembed_many`
 one page at a time. Efficiency = pure / end-to-end (target ≥ 0.9).
@@ -127,7 +127,7 @@ async def end_to_end(
     concurrency: int,
     profile: bool = False,
 ) -> dict[str, Any]:
-    from app.queue import enqueue_page, run_worker
+    from app.queue import PageJobRequest, enqueue_pages, run_worker
     from app.runtime import Runtime
     from tests.conftest import make_settings
 
@@ -144,8 +144,7 @@ async def end_to_end(
     )
     rt = await Runtime.open(settings)
     try:
-        for page_id in page_ids(n):
-            await enqueue_page(rt.queue, page_id, content_type="page", event="bench")
+        await enqueue_pages(rt.pool, [PageJobRequest(page_id, "page", "bench") for page_id in page_ids(n)])
         profiler = cProfile.Profile() if profile else None
         if profiler:
             profiler.enable()

@@ -8,8 +8,8 @@ no-ops, so only the queue's cost is measured. Configurations:
 * pgqueuer: `Queries.enqueue` and `QueueManager.run` (`batch_size=CONCURRENCY`, unlimited in-flight),
   over psycopg (the driver we already use) and over asyncpg (pgqueuer's first-class driver).
 
-Measured: (a) enqueue, `ENQUEUE` jobs one per call, plain and with a per-page dedupe key (as `enqueue_page`
-does: procrastinate `queueing_lock` + `lock`, pgqueuer `dedupe_key`); (b) drain of `DRAIN` prefilled no-op
+Measured: (a) enqueue, `ENQUEUE` jobs one per call, plain and with a per-page dedupe key (as our page
+jobs have: procrastinate `queueing_lock` + `lock`, pgqueuer `dedupe_key`); (b) drain of `DRAIN` prefilled no-op
 jobs by 1 and by 2 worker processes (from the moment the workers are told to go until the queue is empty), the
 queue table analyzed after prefilling, and once more by 1 worker without that ANALYZE; (c)
 enqueue-to-start latency of `TRICKLE` jobs enqueued at `TRICKLE_RATE`/s to one idle worker (clocks are one

@@ -13,7 +13,7 @@ import pytest
 from app import intake as intake_module
 from app.errors import DatabaseUnavailable
 from app.intake import Delivery, WebhookIntake
-from app.queue import PageJobRequest, build_queue, defer_pages, enqueue_page, enqueue_pages
+from app.queue import INDEX_PAGE, PAGES_QUEUE, PageJobRequest, build_queue, defer_pages, enqueue_pages, page_lock
 from tests.conftest import make_settings
 
 
@@ -30,6 +30,15 @@ async def _jobs(pool: Any) -> list[tuple[str, str, dict[str, Any]]]:
             "SELECT status::text, queueing_lock, args FROM procrastinate_jobs ORDER BY id",
         )
         return [(row[0], row[1], row[2]) for row in await cur.fetchall()]
+
+
+async def _defer_with_procrastinate(
+    queue: procrastinate.App, page_id: str, *, content_type: str | None = None, event: str | None = None
+) -> None:
+    """A job deferred through procrastinate's own Python API, as another process using it would."""
+    lock = page_lock(page_id)
+    deferrer = queue.configure_task(INDEX_PAGE, queue=PAGES_QUEUE, lock=lock, queueing_lock=lock)
+    await deferrer.defer_async(page_id=page_id, content_type=content_type, event=event)
 
 
 def _delivery(page: str, digest: str | None = None, event: str = "page_updated") -> Delivery:
@@ -126,9 +135,9 @@ async def test_a_failed_commit_fails_every_waiter_and_stores_nothing(
     assert row is not None and row[0] == 0
 
 
-async def test_jobs_match_what_enqueue_page_makes(pool: Any, queue: Any) -> None:
+async def test_jobs_match_what_procrastinate_makes(pool: Any, queue: Any) -> None:
     """The batch path builds procrastinate's job rows in SQL; they must equal the ones its Python API makes."""
-    await enqueue_page(queue, "1", content_type="blogpost", event="page_created")
+    await _defer_with_procrastinate(queue, "1", content_type="blogpost", event="page_created")
     await enqueue_pages(pool, [PageJobRequest("2", "blogpost", "page_created"), PageJobRequest("3")])
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -153,7 +162,7 @@ async def test_batches_are_capped(pool: Any, queue: Any) -> None:
 
 
 async def test_enqueue_pages_keeps_request_order(pool: Any, queue: Any) -> None:
-    await enqueue_page(queue, "2", event="earlier")
+    await _defer_with_procrastinate(queue, "2", event="earlier")
     requests = [PageJobRequest("1", "page", "sync"), PageJobRequest("2"), PageJobRequest("1")]
     outcomes = await enqueue_pages(pool, requests)
     assert outcomes == ["queued", "coalesced", "coalesced"]
