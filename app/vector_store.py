@@ -190,7 +190,7 @@ class VectorStore:
         await conn.execute(
             """UPDATE cv_pages SET content_type = %s, space_key = %s, title = %s, url = %s, version = %s,
                           last_modified = %s, status = 'indexed', reason = NULL, content_hash = %s,
-                          meta_hash = %s, chunk_count = %s, indexed_at = now(), last_error = NULL,
+                          meta_hash = %s, chunk_count = %s, chunk_ids = %s, indexed_at = now(), last_error = NULL,
                           attempts = 0, updated_at = now()
                    WHERE page_id = %s""",
             (
@@ -203,6 +203,7 @@ class VectorStore:
                 content_hash(ids),
                 page_meta_hash,
                 len(ids),
+                list(ids),  # reading order: get_page (app/page_text.py) rebuilds the page in this order
                 page.id,
             ),
         )

@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS cv_pages (
 );
 CREATE INDEX IF NOT EXISTS cv_pages_status_idx ON cv_pages (status);
 CREATE INDEX IF NOT EXISTS cv_pages_space_idx ON cv_pages (space_key);
+-- The page's chunk (node) ids in reading order at its last write: the MCP `get_page` rebuilds the page from it.
+ALTER TABLE cv_pages ADD COLUMN IF NOT EXISTS chunk_ids TEXT[];
 
 -- Which embedding model and dimension built each vector table: a model change must not mix vectors.
 CREATE TABLE IF NOT EXISTS cv_index_meta (
