@@ -4,7 +4,9 @@ What we embed is only as good as this text, so the page is parsed with lxml (nev
 element by element; every construct that carries text keeps it. Choices the tests pin:
 
 - `<br/>` is a plain newline (no trailing-space hard breaks: the output has no trailing whitespace).
-- Text is not Markdown-escaped, except `|` inside table cells: readers and embedders see the words verbatim.
+- Text is not Markdown-escaped, except `|` inside table cells and a line's first character when it would
+  otherwise open a block (`# of requests` stays a paragraph, not an H1 that would become the heading path
+  of every chunk below it): readers and embedders see the words verbatim.
 - Code and noformat macros become fenced blocks with the language as info string; a `title` parameter is a
   bold line directly above the fence. The fence is longer than any backtick run in the code.
 - Tables are GFM tables (first row is the header; colspan repeats a value across columns, rowspan carries it
@@ -29,7 +31,18 @@ from lxml import etree
 from lxml import html as lxml_html
 
 from app import convert_macros as ac
-from app.convert_macros import Element, Rendered, attr, child, fence, list_item, quote, raw_text, tag
+from app.convert_macros import (
+    Element,
+    Rendered,
+    attr,
+    child,
+    escape_line_starts,
+    fence,
+    list_item,
+    quote,
+    raw_text,
+    tag,
+)
 
 __all__ = ["storage_to_markdown", "user_refs"]
 
@@ -65,7 +78,7 @@ def storage_to_markdown(xhtml: str, *, users: Mapping[str, str] | None = None, t
     except Exception:  # the contract is "never raise"; the worker must not lose a page to odd markup
         markdown = _plain_text(xhtml)
     if title and title.strip() and not _has_text(markdown):
-        return title.strip()
+        return escape_line_starts(title.strip())
     return markdown
 
 
@@ -156,7 +169,8 @@ def _entity(match: re.Match[str]) -> str:
 
 def _plain_text(xhtml: str) -> str:
     try:
-        return _paragraph(_WS.sub(" ", lxml_html.fromstring(_prepare(xhtml, keep_cdata=False)).text_content()))
+        text = lxml_html.fromstring(_prepare(xhtml, keep_cdata=False)).text_content()
+        return escape_line_starts(_paragraph(_WS.sub(" ", text)))
     except Exception:  # last resort of the never-raise contract
         return ""
 
@@ -199,8 +213,9 @@ class _Renderer:
         return out
 
     def blocks(self, el: Element) -> list[str]:
-        """Children as blocks: inline runs between block elements become paragraphs."""
-        return _group(self.pieces(el))
+        """Children as blocks: inline runs between block elements become paragraphs (escaped so their text
+        stays text, except in table cells, where no line starts a block)."""
+        return _group(self.pieces(el), escape=self.table_depth == 0)
 
     def inline(self, el: Element) -> str:
         """Children as one inline run (blocks inside, which are rare here, are joined by newlines)."""
@@ -215,7 +230,7 @@ def _join(pieces: list[Rendered]) -> str:
     return "".join(p if isinstance(p, str) else "\n" + "\n".join(p) + "\n" for p in pieces)
 
 
-def _group(pieces: list[Rendered]) -> list[str]:
+def _group(pieces: list[Rendered], *, escape: bool = True) -> list[str]:
     blocks: list[str] = []
     run: list[str] = []
     for piece in [*pieces, []]:
@@ -223,7 +238,7 @@ def _group(pieces: list[Rendered]) -> list[str]:
             run.append(piece)
             continue
         if paragraph := _paragraph("".join(run)):
-            blocks.append(paragraph)
+            blocks.append(escape_line_starts(paragraph) if escape else paragraph)
         run.clear()
         blocks += [block for block in piece if block.strip()]
     return blocks
@@ -259,7 +274,7 @@ def _tidy(markdown: str) -> str:
 def _transparent(r: _Renderer, el: Element) -> Rendered:
     """Unknown or purely presentational elements: their content, inline unless it holds blocks."""
     pieces = r.pieces(el)
-    return _group(pieces) if any(isinstance(p, list) for p in pieces) else _join(pieces)
+    return _group(pieces, escape=r.table_depth == 0) if any(isinstance(p, list) for p in pieces) else _join(pieces)
 
 
 def _heading(r: _Renderer, el: Element) -> Rendered:
@@ -331,7 +346,7 @@ def _list(r: _Renderer, el: Element) -> Rendered:
             entries.append(blocks)
         loose.append(_text(c.tail))
     if stray := _paragraph("".join(loose)):
-        entries.insert(0, [stray])
+        entries.insert(0, [escape_line_starts(stray)])
     number = _int(el.get("start"), 1, 0, 10**9)
     ordered = tag(el) == "ol"
     items = [list_item(f"{number + i}. " if ordered else "- ", blocks) for i, blocks in enumerate(entries)]
@@ -342,7 +357,7 @@ def _as_blocks(piece: Rendered) -> list[str]:
     if isinstance(piece, list):
         return piece
     paragraph = _paragraph(piece)
-    return [paragraph] if paragraph else []
+    return [escape_line_starts(paragraph)] if paragraph else []
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
@@ -423,14 +438,15 @@ def _record_table(grid: list[list[list[str]]]) -> list[str]:
         for key, cell in zip(keys, cells, strict=True):
             if cell:
                 lines += [f"{key}: {cell[0].strip()}", *("  " + line for line in cell[1:])]
-        records.append("\n".join(lines))
-    return [record for record in records if record] or ["\n".join(keys)]
+        records.append(escape_line_starts("\n".join(lines)))
+    return [record for record in records if record] or [escape_line_starts("\n".join(keys))]
 
 
 _DROP = {
     "colgroup", "col", "style", "script", "head", "title", "meta", "link", "caption",
     "ac:parameter", "ac:default-parameter", "ac:task-id", "ac:task-uuid", "ac:task-status",
     "ac:adf-attribute", "ac:adf-mark", "ac:caption", "at:declarations",
+    "ac:placeholder",  # a template's hint to the editor ("Type a name"), never page content
 }  # fmt: skip
 _CONTAINERS = [
     "p", "div", "section", "article", "main", "header", "footer", "aside", "nav", "body", "html", "figure",

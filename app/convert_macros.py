@@ -27,6 +27,14 @@ _TIGHT = re.compile(r"^(?:[-*+] |\d+[.)] |`{3,}|~{3,})")
 _BLOCK_START = re.compile(r"^(?:#{1,6} |[-*+] |\d+[.)] |`{3,}|~{3,}|>|\||---$)")
 _BACKTICKS = re.compile(r"`+")
 _WS = re.compile(r"\s+")
+# What makes a line of plain text into structure (CommonMark 0.31 §4-5, GFM tables, and `app/chunking.py`,
+# which reads ATX headings, fences and `|` lines): ATX heading, block quote, bullet, ordered-list marker,
+# table row, fence, thematic break, setext underline, HTML block start (not an autolink) and a link
+# reference definition (which would vanish from the rendered text). The leading group is up to 3 spaces.
+_LINE_START = re.compile(
+    r"^( {0,3})(?:#{1,6}(?=[ \t]|$)|>|[-+*](?=[ \t]|$)|(\d{1,9})[.)](?=[ \t]|$)|\||`{3,}|~{3,}"
+    r"|(?:[-*_][ \t]*){3,}$|[=-]+[ \t]*$|<(?![A-Za-z][A-Za-z0-9+.-]{1,31}:[^\s<>]*>)[A-Za-z/!?]|\[[^\]]*\]:)"
+)
 
 _EMOTICONS = {
     "smile": "🙂", "sad": "🙁", "cheeky": "😛", "laugh": "😀", "wink": "😉",
@@ -37,7 +45,11 @@ _EMOTICONS = {
 }  # fmt: skip
 _PANELS = {"info", "note", "warning", "tip", "panel"}
 _DROPPED_MACROS = {"toc", "children", "pagetree", "anchor"}
-_SWITCHES = {"true", "false"}  # parameter values that are settings, not page text
+#: `ac:name` Confluence Cloud writes for any emoji that has no legacy emoticon name (custom emoji included).
+_CLOUD_EMOJI_PLACEHOLDER = "blue-star"
+#: Parameters of an unknown macro that name what it shows (first found wins); every other parameter is a
+#: setting (sizes, colours, sort orders, regexes, revisions) and is never page text.
+_NAME_PARAMETERS = ("title", "name", "diagramname", "caption", "label", "filename", "page", "url")
 
 
 class Render(Protocol):
@@ -106,6 +118,26 @@ def list_item(marker: str, blocks: list[str], width: int | None = None) -> str:
     pad = " " * (len(marker) if width is None else width)
     first, *rest = text.split("\n")
     return "\n".join([marker + first, *(pad + line if line else "" for line in rest)])
+
+
+def escape_line_starts(text: str) -> str:
+    """Text whose lines stay text: a backslash before a leading character that would open a heading, list,
+    quote, fence, table, rule, HTML block or reference definition.
+
+    Why: a paragraph starting `# of requests` became an H1, and the chunker then took that sentence as the
+    heading path of every chunk below it instead of the real heading (issue 11). CommonMark makes any ASCII
+    punctuation escapable with a backslash (spec 0.31 §2.4), so `\\#` renders as `#`; only the first marker
+    of a line is escaped (`12\\.` for an ordered-list number), so the words are otherwise verbatim.
+    """
+    return "\n".join(_escape_line(line) for line in text.split("\n"))
+
+
+def _escape_line(line: str) -> str:
+    found = _LINE_START.match(line)
+    if found is None:
+        return line
+    at = len(found.group(1)) + (len(found.group(2)) if found.group(2) else 0)
+    return line[:at] + "\\" + line[at:]
 
 
 def quote(blocks: list[str]) -> str:
@@ -193,11 +225,27 @@ def image(r: Render, el: Element) -> str:
 
 
 def emoticon(r: Render, el: Element) -> str:
-    """The emoji itself; a `:shortname:` fallback is not one, so the name mapping is tried next."""
+    """The emoji itself (`ac:emoji-fallback` when it is a glyph); else the legacy name's glyph; else the
+    `:shortname:` the author picked.
+
+    Confluence Cloud stores emoji outside the legacy set (custom ones above all) as `ac:name="blue-star"`
+    with `ac:emoji-shortname`/`ac:emoji-id`/`ac:emoji-fallback` carrying the real emoji, so when those are
+    present the name is a placeholder and its glyph would be invented (issue 11); the shortname is what a
+    reader saw spelled out and what they would search for.
+    """
     fallback = attr(el, "ac:emoji-fallback").strip()
-    if fallback and not (fallback.startswith(":") and fallback.endswith(":")):
+    shortname = attr(el, "ac:emoji-shortname").strip()
+    if fallback and not _is_shortname(fallback):
         return fallback
-    return _EMOTICONS.get(attr(el, "ac:name").lower(), "")
+    name = attr(el, "ac:name").lower()
+    placeholder = name == _CLOUD_EMOJI_PLACEHOLDER and bool(shortname or attr(el, "ac:emoji-id") or fallback)
+    if name in _EMOTICONS and not placeholder:
+        return _EMOTICONS[name]
+    return next((text for text in (shortname, fallback) if _is_shortname(text)), "")
+
+
+def _is_shortname(text: str) -> bool:
+    return len(text) > 2 and text.startswith(":") and text.endswith(":") and not any(c.isspace() for c in text)
 
 
 def task_list(r: Render, el: Element) -> list[str]:
@@ -276,7 +324,13 @@ def _code(el: Element, params: dict[str, str]) -> list[str]:
 
 
 def _other_macro(r: Render, el: Element, params: dict[str, str]) -> Rendered:
-    """A macro we do not know: its body if it has one, else its parameters' values (file names, titles)."""
+    """A macro we do not know: its body if it has one, else at most one name for what it shows.
+
+    Its other parameter values are settings, and joined as prose they were noise that got embedded: a
+    draw.io macro became `edge-network auto top 731 4`, an attachments macro `.*pdf name` (issue 11). The
+    name is a title-like parameter (`_NAME_PARAMETERS`) or else a resource a parameter points at (a file,
+    page or user), whose rendered name is already in `params`.
+    """
     rich = child(el, "ac:rich-text-body")
     if rich is not None:
         return r.blocks(rich)
@@ -284,11 +338,13 @@ def _other_macro(r: Render, el: Element, params: dict[str, str]) -> Rendered:
     if plain is not None:
         body = raw_text(plain)
         return [fence(body)] if body.strip() else []
-    values = [value for value in params.values() if value and value.lower() not in _SWITCHES]
-    default = child(el, "ac:default-parameter")
-    if default is not None:
-        values.insert(0, squash(r.inline(default)))
-    text = " ".join(value for value in values if value)
+    resources = [
+        params.get(attr(p, "ac:name").lower(), "")
+        for p in el
+        if tag(p) == "ac:parameter" and any(tag(c).startswith("ri:") for c in p.iter())
+    ]
+    names = [params.get(key, "") for key in _NAME_PARAMETERS] + resources
+    text = next((name for name in names if any(ch.isalpha() for ch in name)), "")
     return f" {text} " if text else ""
 
 
