@@ -3,9 +3,16 @@
 Why procrastinate: it keeps jobs in Postgres (a 202 means the job is committed), and its two locks are exactly
 our page semantics. `queueing_lock=page:<id>` lets at most one *waiting* job exist per page, so a burst of
 events for a page collapses into one job; `lock=page:<id>` lets at most one job per page *run* at a time, on
-any worker process or machine. Retries are ours (`PageRetry`): exponential backoff with full jitter,
-`Retry-After` honoured, permanent errors not retried. Workers that die mid-job are detected by heartbeat and
-their jobs retried (`recover_stalled`).
+any worker process or machine.
+
+Retries are NOT procrastinate's. Its retry puts the failed row back to `todo`, which violates the unique
+`queueing_lock` index (procrastinate `sql/schema.sql`, `procrastinate_jobs_queueing_lock_idx_v1`) whenever a
+newer job for the page already waits: the failed job then stays `doing` for ever, holding the page's `lock`,
+and the page never updates again. Instead a failed page job records the failure and defers a *follow-up* job
+through `defer_pages`, the deferral every other event uses, which joins a waiting job instead of colliding
+with it (`plan_retry`: exponential backoff with full jitter, `Retry-After` honoured, permanent errors never
+retried); then the failed job simply ends. Jobs of a worker that died mid-job (no heartbeat) are handed back
+the same way, one job at a time (`recover_stalled`).
 """
 
 from __future__ import annotations
@@ -21,9 +28,8 @@ from typing import Any, Literal, TypeVar
 import procrastinate
 import psycopg
 from procrastinate import exceptions as pexc
-from procrastinate.jobs import Job
+from procrastinate.jobs import Job, Status
 from procrastinate.manager import QUEUEING_LOCK_CONSTRAINT
-from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
@@ -40,36 +46,27 @@ RECONCILE = "cv:reconcile"
 tasks = procrastinate.Blueprint()
 
 EnqueueOutcome = Literal["queued", "coalesced"]
+#: Seconds a stopping worker lets its running jobs finish before cancelling them (they are then re-queued).
+WORKER_DRAIN_SECONDS = 20.0
 #: Tries of a batch deferral that lost a race for a page lock (or a deadlock) to another transaction.
 _DEFER_ATTEMPTS = 5
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class PageRetry(BaseRetryStrategy):
-    """Job-level retry decision: backoff with full jitter, `Retry-After` first, permanent errors never."""
+def plan_retry(exc: BaseException, *, attempts: int, settings: Settings, rng: Backoff | None = None) -> float | None:
+    """Seconds until a failed page job's follow-up runs, or None when the failure is final.
 
-    max_attempts: int = 12
-    base: float = 2.0
-    cap: float = 900.0
-
-    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        if isinstance(exception, PermanentError):
-            return None
-        attempts = job.attempts + 1  # attempts made so far, this one included
-        if attempts >= self.max_attempts:
-            return None
-        retry_after = exception.retry_after if isinstance(exception, RetryableError) else None
-        seconds = Backoff(base=self.base, cap=self.cap).delay(attempts, retry_after)
-        return RetryDecision(retry_at=now() + dt.timedelta(seconds=max(seconds, 0.05)))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PageRetry:
-        return cls(
-            max_attempts=settings.job_max_attempts,
-            base=settings.retry_base_seconds,
-            cap=settings.retry_max_seconds,
-        )
+    `attempts` counts the page's failed attempts so far, this one included (`cv_pages.attempts`). Final when the
+    error is permanent (`PermanentError`: 401/403, a missing model...) or `JOB_MAX_ATTEMPTS` is reached.
+    Otherwise the delay is full-jitter exponential backoff, uniform(0, min(RETRY_MAX_SECONDS,
+    RETRY_BASE_SECONDS * 2**(attempts-1))) (AWS Architecture Blog, "Exponential Backoff and Jitter"), or the
+    server's `Retry-After` when it gave one (RFC 9110 section 10.2.3), capped at RETRY_MAX_SECONDS.
+    """
+    if isinstance(exc, PermanentError) or attempts >= settings.job_max_attempts:
+        return None
+    backoff = rng or Backoff(base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
+    retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+    return max(backoff.delay(attempts, retry_after), 0.05)
 
 
 def page_lock(page_id: str) -> str:
@@ -78,7 +75,7 @@ def page_lock(page_id: str) -> str:
 
 def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
     """A procrastinate App on our database with our tasks registered (import side effects included)."""
-    from app import jobs  # noqa: F401  (registers the task functions on `tasks`)
+    from app import access_jobs, jobs  # noqa: F401  (registers the task functions on `tasks`)
 
     connector = procrastinate.PsycopgConnector(
         conninfo=database_url,
@@ -89,10 +86,6 @@ def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
     )
     app = procrastinate.App(connector=connector)
     app.add_tasks_from(tasks, namespace="cv")
-    retry = PageRetry.from_settings(settings)
-    for task in app.tasks.values():
-        if task.name == INDEX_PAGE:
-            task.retry_strategy = retry
     return app
 
 
@@ -114,7 +107,7 @@ _DEFER_PAGE_JOBS = """
     SELECT unnest(procrastinate_defer_jobs_v1(ARRAY(
         SELECT ROW(%(queue)s, %(task)s, 0, j.lock, j.lock,
                    jsonb_build_object('page_id', j.page_id, 'content_type', j.content_type, 'event', j.event),
-                   NULL)::procrastinate_job_to_defer_v1
+                   %(not_before)s::timestamptz)::procrastinate_job_to_defer_v1
         FROM unnest(%(locks)s::text[], %(page_ids)s::text[], %(types)s::text[], %(events)s::text[])
              AS j(lock, page_id, content_type, event)
         ORDER BY j.lock
@@ -122,7 +115,22 @@ _DEFER_PAGE_JOBS = """
 """
 
 
-async def defer_pages(conn: psycopg.AsyncConnection[Any], requests: Sequence[PageJobRequest]) -> list[EnqueueOutcome]:
+#: Joining a waiting job when the caller wants it to run no earlier than some time (a retry's backoff): the
+#: waiting job is pushed back to that time, never brought forward. `status = 'todo'` is re-checked under the row
+#: lock, so a job a worker fetched meanwhile is left alone (and the page gets a job of its own).
+_JOIN_NOT_BEFORE = """
+    UPDATE procrastinate_jobs SET scheduled_at = GREATEST(COALESCE(scheduled_at, now()), %(not_before)s)
+    WHERE status = 'todo' AND queueing_lock = ANY(%(locks)s)
+    RETURNING queueing_lock
+"""
+
+
+async def defer_pages(
+    conn: psycopg.AsyncConnection[Any],
+    requests: Sequence[PageJobRequest],
+    *,
+    not_before: dt.datetime | None = None,
+) -> list[EnqueueOutcome]:
     """Store jobs for many pages inside the caller's transaction, in one insert; outcomes in request order.
 
     A page whose job is already waiting (procrastinate's `queueing_lock`, held only while the job is `todo`)
@@ -130,13 +138,19 @@ async def defer_pages(conn: psycopg.AsyncConnection[Any], requests: Sequence[Pag
     after this check, so after the event: joining it loses no change. If another transaction defers the same
     page between the check and the insert, Postgres refuses ours (`AlreadyEnqueued` here) and the caller's
     transaction must be retried (`in_deferral_transaction` does). The jobs are the ones procrastinate's own
-    `defer_async` makes for this task with these locks.
+    `defer_async` makes for this task with these locks (`schedule_at` included).
+
+    `not_before` (a retry's backoff): new jobs are scheduled then, and a waiting job that is joined runs no
+    earlier than then, so a failing page is not hammered even when newer events keep arriving for it.
     """
     locks = [page_lock(r.page_id) for r in requests]
-    cur = await conn.execute(
-        "SELECT queueing_lock FROM procrastinate_jobs WHERE status = 'todo' AND queueing_lock = ANY(%s)",
-        (sorted(set(locks)),),
-    )
+    if not_before is None:
+        cur = await conn.execute(
+            "SELECT queueing_lock FROM procrastinate_jobs WHERE status = 'todo' AND queueing_lock = ANY(%s)",
+            (sorted(set(locks)),),
+        )
+    else:
+        cur = await conn.execute(_JOIN_NOT_BEFORE, {"locks": sorted(set(locks)), "not_before": not_before})
     taken = {row[0] for row in await cur.fetchall()}
     outcomes: list[EnqueueOutcome] = []
     new: list[tuple[str, PageJobRequest]] = []
@@ -158,6 +172,7 @@ async def defer_pages(conn: psycopg.AsyncConnection[Any], requests: Sequence[Pag
                     "page_ids": [r.page_id for _, r in new],
                     "types": [r.content_type for _, r in new],
                     "events": [r.event for _, r in new],
+                    "not_before": not_before,
                 },
             )
         except psycopg.errors.UniqueViolation as exc:
@@ -194,17 +209,86 @@ async def enqueue_pages(pool: AsyncConnectionPool, requests: Sequence[PageJobReq
     return await in_deferral_transaction(pool, lambda conn: defer_pages(conn, requests))
 
 
-async def recover_stalled(queue: procrastinate.App, *, stalled_after: float) -> int:
-    """Retry jobs whose worker stopped sending heartbeats (killed, machine lost): nothing stays 'doing'."""
+#: Hands a stalled page job's page to a follow-up, on the recovery's connection and transaction (`app.jobs`).
+StalledPageHandler = Callable[[psycopg.AsyncConnection[Any], Job], Awaitable[None]]
+
+_LOCK_STALLED_JOB = "SELECT id FROM procrastinate_jobs WHERE id = %s AND status = 'doing' FOR UPDATE"
+#: procrastinate's own end-of-job function (`sql/schema.sql`): `aborted`, kept (not deleted) as a trace.
+_ABORT_JOB = "SELECT procrastinate_finish_job_v1(%s, 'aborted'::procrastinate_job_status, false)"
+
+
+async def recover_stalled(queue: procrastinate.App, *, stalled_after: float, hand_back_page: StalledPageHandler) -> int:
+    """Hand back the jobs of workers that stopped sending heartbeats (killed, machine lost); returns how many.
+
+    Never raises: it runs before a worker starts and in the periodic tick, and one bad job (or Postgres
+    hiccup) must not keep a worker from starting or the tick from its other work; failures are logged and the
+    next run tries again. Each job is handled in a transaction of its own:
+
+    * a page job is NOT retried in place (procrastinate's `retry_job` would collide with a waiting job of the
+      same page on the `queueing_lock` index): `hand_back_page` records the lost attempt and defers a
+      follow-up through `defer_pages`, which joins a waiting job if there is one, and the stalled job ends as
+      `aborted`, all in one transaction;
+    * any other job (the tick, a reconciliation) is retried by procrastinate, or ended as `aborted` when a
+      newer job with its queueing lock already waits (that one does the same work).
+
+    "Stalled" is procrastinate's rule (`JobManager.get_stalled_jobs`): `doing` on a worker whose heartbeat is
+    older than `stalled_after` seconds, or on no worker at all.
+    """
     manager = queue.job_manager
-    stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after)
+    pool: AsyncConnectionPool = queue.connector.pool  # type: ignore[attr-defined]
+    try:
+        stalled = list(await manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after))
+    except Exception as exc:
+        log.error("could not list stalled jobs", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
+        return 0
     recovered = 0
     for job in stalled:
-        await manager.retry_job(job)
-        recovered += 1
-        log.warning("retrying stalled job", extra={"job_id": job.id, "task": job.task_name})
-    await manager.prune_stalled_workers(seconds_since_heartbeat=stalled_after)
+        try:
+            if job.task_name == INDEX_PAGE:
+                done = await in_deferral_transaction(pool, _hand_back_work(job, hand_back_page))
+            else:
+                done = await _retry_or_abort(manager, job)
+        except Exception as exc:
+            log.error(
+                "could not recover a stalled job",
+                extra={"job_id": job.id, "task": job.task_name, "error": f"{type(exc).__name__}: {exc}"[:500]},
+            )
+            continue
+        if done:
+            recovered += 1
+            log.warning("recovered stalled job", extra={"job_id": job.id, "task": job.task_name})
+    try:
+        await manager.prune_stalled_workers(seconds_since_heartbeat=stalled_after)
+    except Exception as exc:
+        log.error("could not prune stalled workers", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
     return recovered
+
+
+def _hand_back_work(
+    job: Job, hand_back_page: StalledPageHandler
+) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[bool]]:
+    async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
+        """One stalled page job, in the caller's transaction: False when it is no longer `doing` (another
+        recovery got it, or its worker was only slow and finished it)."""
+        row = await (await conn.execute(_LOCK_STALLED_JOB, (job.id,))).fetchone()
+        if row is None:
+            return False
+        await hand_back_page(conn, job)
+        await conn.execute(_ABORT_JOB, (job.id,))
+        return True
+
+    return work
+
+
+async def _retry_or_abort(manager: Any, job: Job) -> bool:
+    try:
+        await manager.retry_job(job)
+    except pexc.UniqueViolation as exc:
+        if exc.constraint_name != QUEUEING_LOCK_CONSTRAINT:
+            raise
+        assert job.id is not None
+        await manager.finish_job_by_id_async(job.id, Status.ABORTED, delete_job=False)
+    return True
 
 
 async def queue_counts(queue: procrastinate.App) -> dict[str, int]:
@@ -244,8 +328,17 @@ async def run_worker(queue: procrastinate.App, settings: Settings, *, name: str 
         "stalled_worker_timeout": settings.worker_heartbeat_seconds * 3,
         "fetch_job_polling_interval": 2.0,
         "delete_jobs": "successful",
+        # On SIGTERM/SIGINT the worker stops fetching and lets running jobs finish (drain) for this long; a job
+        # still running then is cancelled and hands its page to a follow-up job (`app.jobs`), so a slow page
+        # delays a shutdown by at most this, and an orchestrator's SIGKILL after its grace period loses
+        # nothing either (stalled-job recovery).
+        "shutdown_graceful_timeout": WORKER_DRAIN_SECONDS,
     }
-    await recover_stalled(queue, stalled_after=settings.worker_heartbeat_seconds * 3)
+    from app.jobs import hand_back_stalled_page  # the task module imports this one
+
+    await recover_stalled(
+        queue, stalled_after=settings.worker_heartbeat_seconds * 3, hand_back_page=hand_back_stalled_page
+    )
     await queue.run_worker_async(**options)
 
 

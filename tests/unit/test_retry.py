@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 
 import pytest
 
+from app.config import Settings
 from app.errors import ConfluenceAuthError, ConfluenceUnavailable, EmbeddingModelMissing, EmbeddingUnavailable
-from app.queue import PageRetry
+from app.queue import plan_retry
 from app.retry import Backoff, parse_retry_after
+from tests.conftest import make_settings
 
 
 @pytest.mark.parametrize(("attempt", "ceiling"), [(1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (200, 60.0)])
@@ -29,9 +30,7 @@ def test_retry_after_wins_but_is_capped(retry_after: float, expected: float) -> 
     assert Backoff(base=1.0, cap=60.0).delay(5, retry_after) == expected
 
 
-@pytest.mark.parametrize(
-    ("header", "seconds"), [("7", 7.0), (" 2.5 ", 2.5), ("-3", 0.0), ("soon", None), (None, None)]
-)
+@pytest.mark.parametrize(("header", "seconds"), [("7", 7.0), (" 2.5 ", 2.5), ("-3", 0.0), ("soon", None), (None, None)])
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
 
@@ -40,35 +39,45 @@ def test_parse_retry_after_http_date() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 
 
-def _job(attempts: int) -> SimpleNamespace:
-    return SimpleNamespace(attempts=attempts)
+def _settings(max_attempts: int = 12) -> Settings:
+    return make_settings(job_max_attempts=max_attempts, retry_base_seconds=1.0, retry_max_seconds=30.0)
 
 
 @pytest.mark.parametrize(
     ("exc", "attempts", "retried"),
     [
-        (ConfluenceUnavailable("429"), 0, True),
-        (EmbeddingUnavailable("down"), 5, True),
-        (RuntimeError("unexpected"), 0, True),
-        (ConfluenceAuthError(), 0, False),
-        (EmbeddingModelMissing(), 0, False),
-        (ConfluenceUnavailable("429"), 11, False),
+        (ConfluenceUnavailable("429"), 1, True),
+        (EmbeddingUnavailable("down"), 6, True),
+        (RuntimeError("unexpected"), 1, True),
+        (ConfluenceAuthError(), 1, False),
+        (EmbeddingModelMissing(), 1, False),
+        (ConfluenceUnavailable("429"), 11, True),
+        (ConfluenceUnavailable("429"), 12, False),
     ],
 )
-def test_page_retry_decision(exc: BaseException, attempts: int, retried: bool) -> None:
-    decision = PageRetry(max_attempts=12, base=1.0, cap=30.0).get_retry_decision(
-        exception=exc, job=_job(attempts)
-    )  # type: ignore[arg-type]
-    assert (decision is not None) is retried
+def test_plan_retry_decision(exc: BaseException, attempts: int, retried: bool) -> None:
+    delay = plan_retry(exc, attempts=attempts, settings=_settings())
+    assert (delay is not None) is retried
 
 
-def test_page_retry_honours_retry_after() -> None:
-    decision = PageRetry(max_attempts=5, base=1.0, cap=30.0).get_retry_decision(
-        exception=ConfluenceUnavailable("429", retry_after=12.0),
-        job=_job(0),  # type: ignore[arg-type]
-    )
-    assert decision is not None and decision.retry_at is not None
-    from datetime import UTC, datetime
+def test_plan_retry_is_full_jitter_within_the_ceiling() -> None:
+    settings = _settings()
+    backoff = Backoff(base=1.0, cap=30.0, rng=random.Random(3))
+    delays = [plan_retry(EmbeddingUnavailable("down"), attempts=4, settings=settings, rng=backoff) for _ in range(300)]
+    assert all(d is not None and 0.05 <= d <= 8.0 for d in delays)
+    assert len({round(d or 0, 6) for d in delays}) > 200, "full jitter: delays spread over [0, ceiling]"
 
-    wait = (decision.retry_at - datetime.now(UTC)).total_seconds()
-    assert 11.0 <= wait <= 12.5
+
+def test_plan_retry_honours_retry_after_capped() -> None:
+    settings = _settings()
+    assert plan_retry(ConfluenceUnavailable("429", retry_after=12.0), attempts=1, settings=settings) == 12.0
+    assert plan_retry(ConfluenceUnavailable("429", retry_after=500.0), attempts=1, settings=settings) == 30.0
+
+
+def test_index_page_task_has_no_procrastinate_retry() -> None:
+    """procrastinate's retry re-queues the failed row and collides with a waiting job of the page; the page
+    task schedules its own follow-up instead (app.jobs), so no retry strategy may be attached."""
+    from app.queue import INDEX_PAGE, build_queue
+
+    queue = build_queue("postgresql://127.0.0.1:9/none", _settings())
+    assert queue.tasks[INDEX_PAGE].retry_strategy is None
