@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from llama_index.core.schema import BaseNode
@@ -58,6 +58,30 @@ class WriteResult:
     deleted: int = 0
     kept: int = 0
     metadata_updated: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """What recording a failed attempt did: the page's consecutive failures, and whether it is now `failed`
+    (its rows removed)."""
+
+    attempts: int
+    failed: bool
+    removed: int = 0
+
+
+#: States recorded from a fetched version of the page: a job holding an older version must not overwrite them.
+_VERSIONED_STATES = frozenset({"indexed", "deleted", "skipped"})
+
+
+def is_stale(stored: PageState | None, version: int) -> TypeGuard[PageState]:
+    """True when `stored` was recorded from a newer version than `version` (indexed, deleted or skipped).
+
+    Jobs of one page run one at a time, but a job can hold an old version (fetched before an edit, or a
+    reindex's shadow writer): indexing, trashing or restricting a page at version N+1 must not be undone by a
+    job holding version N. `failed` and `pending` record no fetched version, so they never make a job stale.
+    """
+    return stored is not None and stored.status in _VERSIONED_STATES and (stored.version or 0) > version
 
 
 def metadata_hash(metadata: Mapping[str, Any]) -> str:
@@ -153,7 +177,7 @@ class VectorStore:
             await _commit_without_waiting_for_flush(conn)
             await self._check_model(conn)
             stored = await self._lock_page(conn, page.id) if self.track_state else None
-            if stored is not None and stored.status == "indexed" and (stored.version or 0) > page.version:
+            if is_stale(stored, page.version):
                 log.info(
                     "stale write refused",
                     extra={"page_id": page.id, "version": page.version, "stored_version": stored.version},
@@ -211,9 +235,20 @@ class VectorStore:
     async def delete_page(
         self, page_id: str, *, status: str = "deleted", reason: str | None = None, page: Page | None = None
     ) -> int:
-        """Remove every row of a page and record why (deleted, trashed, restricted...). Returns rows removed."""
+        """Remove every row of a page and record why (deleted, trashed, restricted...). Returns rows removed.
+
+        `page` is the version that said so (None for a 404, which carries no version). A job holding an
+        older version than the one recorded (indexed, deleted or skipped at a newer version) changes nothing
+        and returns 0: a stale "trashed" or "restricted" must not remove a newer page's rows.
+        """
         async with self.pool.connection() as conn, conn.transaction():
-            await self._lock_page(conn, page_id)
+            stored = await self._lock_page(conn, page_id)
+            if page is not None and is_stale(stored, page.version):
+                log.info(
+                    "stale delete refused",
+                    extra={"page_id": page_id, "version": page.version, "stored": stored},
+                )
+                return 0
             cur = await conn.execute(
                 sql.SQL("DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t), (page_id,)
             )
@@ -235,15 +270,68 @@ class VectorStore:
             )
         return removed
 
-    async def record_failure(self, page_id: str, error: str, *, permanent: bool) -> None:
-        """Keep the last error and attempt count visible in `status`, whatever the job's fate."""
+    async def record_failure(
+        self,
+        page_id: str,
+        error: str,
+        *,
+        permanent: bool,
+        max_attempts: int | None = None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> FailureRecord:
+        """Count a failed attempt at a page and keep its last error visible in `status`.
+
+        The count (`cv_pages.attempts`) is the page's consecutive failures, whichever job made them: a retry is
+        a new job (see `app.jobs`), so the count must live with the page, not the job. A success resets it
+        (`clear_failure`, and every write). When the error is permanent (403, a 404 of the page itself) or the
+        count reaches `max_attempts`, the page is recorded `failed` and its rows are DELETED in the same
+        transaction: a page we can no longer read must not stay searchable with old, possibly now forbidden,
+        content. A page already `failed` starts a fresh count: a job for it comes from a new event or a
+        reconciliation, and deserves a full set of attempts. On `conn` (inside the caller's transaction) when
+        given, else in a transaction of its own.
+        """
+        if conn is None:
+            async with self.pool.connection() as own, own.transaction():
+                return await self._record_failure(own, page_id, error, permanent, max_attempts)
+        return await self._record_failure(conn, page_id, error, permanent, max_attempts)
+
+    async def _record_failure(
+        self, conn: AsyncConnection[Any], page_id: str, error: str, permanent: bool, max_attempts: int | None
+    ) -> FailureRecord:
+        stored = await self._lock_page(conn, page_id)
+        previous = stored.attempts if stored is not None and stored.status != "failed" else 0
+        attempts = previous + 1
+        failed = permanent or (max_attempts is not None and attempts >= max_attempts)
+        if not failed:
+            # Still retrying: the rows (if any) stay searchable; a page that had failed is pending again.
+            await conn.execute(
+                """UPDATE cv_pages SET last_error = %s, attempts = %s, updated_at = now(),
+                          status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END
+                   WHERE page_id = %s""",
+                (error[:2000], attempts, page_id),
+            )
+            return FailureRecord(attempts=attempts, failed=False)
+        cur = await conn.execute(
+            sql.SQL("DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t), (page_id,)
+        )
+        removed = cur.rowcount
+        reason = "permanent error" if permanent else f"gave up after {attempts} attempts"
+        await conn.execute(
+            """UPDATE cv_pages SET status = 'failed', reason = %s, last_error = %s, attempts = %s,
+                      chunk_count = 0, content_hash = NULL, meta_hash = NULL, updated_at = now()
+               WHERE page_id = %s""",
+            (reason, error[:2000], attempts, page_id),
+        )
+        return FailureRecord(attempts=attempts, failed=True, removed=removed)
+
+    async def clear_failure(self, page_id: str) -> None:
+        """A job for the page succeeded (even as `unchanged` or `stale`, which write nothing): its failure
+        count restarts, so sporadic failures spread over months never add up to `JOB_MAX_ATTEMPTS`."""
         async with self.pool.connection() as conn:
             await conn.execute(
-                """INSERT INTO cv_pages (page_id, status, last_error, attempts) VALUES (%s, %s, %s, 1)
-                   ON CONFLICT (page_id) DO UPDATE SET last_error = EXCLUDED.last_error,
-                       attempts = cv_pages.attempts + 1, updated_at = now(),
-                       status = CASE WHEN %s THEN 'failed' ELSE cv_pages.status END""",
-                (page_id, "failed" if permanent else "pending", error[:2000], permanent),
+                """UPDATE cv_pages SET attempts = 0, last_error = NULL, updated_at = now()
+                   WHERE page_id = %s AND (attempts <> 0 OR last_error IS NOT NULL) AND status <> 'failed'""",
+                (page_id,),
             )
 
     @staticmethod
