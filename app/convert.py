@@ -12,7 +12,9 @@ element by element; every construct that carries text keeps it. Choices the test
 - Tables are GFM tables (first row is the header; colspan repeats a value across columns, rowspan carries it
   down). A table with more than 8 columns, a rendered row longer than 300 characters, or a table nested in
   a table instead becomes one `header: value` line per cell, rows separated by a blank line: a row that
-  long is unreadable as a table line and embeds badly as one.
+  long is unreadable as a table line and embeds badly as one. Spans are clipped to the real grid and a
+  table past a size budget is one line per row, each cell once (app/convert_tables.py): output stays
+  linear in the body, whatever spans an editor typed.
 - Images are `![alt or filename]` with the caption in italics on the next line.
 - Panels (info/note/warning/tip/panel macros, ADF panels) are block quotes led by `**Label:**`.
 - Output is NFC-normalised: macOS-made names arrive as decomposed Hangul jamo, which neither keyword search
@@ -31,6 +33,7 @@ from lxml import etree
 from lxml import html as lxml_html
 
 from app import convert_macros as ac
+from app import convert_tables as tables
 from app.convert_macros import (
     Element,
     Rendered,
@@ -60,8 +63,6 @@ _IMAGE_MD = re.compile(r"!\[(?:\\.|[^\]])*\]")
 _MAX_DEPTH = 80  # deeper markup is flattened to its text, far below Python's recursion limit
 _MAX_COLUMNS = 8
 _MAX_ROW_CHARS = 300
-_MAX_COLSPAN = 64
-_MAX_ROWSPAN = 1000
 
 _Handler = Callable[["_Renderer", Element], Rendered]
 
@@ -375,15 +376,19 @@ def _table(r: _Renderer, el: Element) -> Rendered:
     caption = r.blocks(caption_el) if caption_el is not None else []
     r.table_depth += 1
     try:
-        grid = _grid(r, _rows(el))
+        cells = _cells(r, _rows(el))
     finally:
         r.table_depth -= 1
+    grid = tables.layout(cells)
+    if grid is None:  # spans or shape past the budget: each cell's text once (app/convert_tables.py)
+        return caption + tables.plain_rows(cells)
     if not any(cell for row in grid for cell in row):
         return caption
     lines = _markdown_table(grid)
     wide = len(grid[0]) > _MAX_COLUMNS or any(len(line) > _MAX_ROW_CHARS for line in lines)
     if wide or r.table_depth > 0:
-        return caption + _record_table(grid)
+        keyed, columns = tables.short_keys(grid)
+        return caption + columns + _record_table(keyed)
     return [*caption, "\n".join(lines)]
 
 
@@ -398,23 +403,19 @@ def _rows(table: Element) -> list[list[Element]]:
     return [[cell for cell in row if tag(cell) in ("td", "th")] for row in rows]
 
 
-def _grid(r: _Renderer, rows: list[list[Element]]) -> list[list[list[str]]]:
-    """Cells as lists of lines, placed with colspan repeated across and rowspan carried down."""
-    taken: dict[tuple[int, int], list[str]] = {}
-    for y, cells in enumerate(rows):
-        x = 0
-        for cell in cells:
-            while (y, x) in taken:
-                x += 1
-            lines = _cell_lines(r, cell)
-            width = _int(cell.get("colspan"), 1, 1, _MAX_COLSPAN)
-            height = _int(cell.get("rowspan"), 1, 1, min(_MAX_ROWSPAN, len(rows) - y))
-            for dy in range(height):
-                for dx in range(width):
-                    taken[(y + dy, x + dx)] = lines
-            x += width
-    columns = max((x + 1 for _, x in taken), default=0)
-    return [[taken.get((y, x), []) for x in range(columns)] for y in range(len(rows))]
+def _cells(r: _Renderer, rows: list[list[Element]]) -> list[list[tables.Cell]]:
+    """Each cell rendered once, with its spans read and capped; placing them is `tables.layout`'s job."""
+    return [
+        [
+            tables.Cell(
+                _cell_lines(r, cell),
+                colspan=tables.span(cell.get("colspan"), tables.MAX_COLSPAN),
+                rowspan=tables.span(cell.get("rowspan"), tables.MAX_ROWSPAN),
+            )
+            for cell in cells
+        ]
+        for cells in rows
+    ]
 
 
 def _cell_lines(r: _Renderer, cell: Element) -> list[str]:
