@@ -8,15 +8,17 @@ one place. Response shapes are read by `app.confluence_parse`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+from cachetools import TTLCache
 
 from app.config import Deployment, Settings
 from app.confluence_parse import (
@@ -26,9 +28,8 @@ from app.confluence_parse import (
     as_object,
     build_cloud_page,
     dc_ancestor_ids,
-    has_read_restrictions,
     next_url,
-    parse_ancestor_ids,
+    parse_ancestors,
     parse_cloud_content,
     parse_cloud_refs,
     parse_cloud_space,
@@ -39,6 +40,7 @@ from app.confluence_parse import (
     parse_label_names,
     parse_search_refs,
     parse_titles,
+    read_restricted,
     results,
 )
 from app.errors import ConfluenceAuthError, ConfluenceProtocolError, ConfluenceUnavailable, PageNotFound
@@ -50,38 +52,57 @@ log = logging.getLogger(__name__)
 Params = dict[str, str] | list[tuple[str, str | int | float | bool | None]]
 RetryHook = Callable[[int, float], None]
 Sleep = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
 
-#: v2 lists accept at most 250 ids or results per request; v1 search and user bulk are kept smaller so the
-#: URL stays well below proxy limits.
+#: v2 lists accept at most 250 ids (`id`/`space-id`/`keys` `maxItems: 250`) and 250 results per request
+#: (`limit` maximum 250); v1 search and user bulk are kept smaller so the URL stays well below proxy limits.
 V2_BATCH = 250
 CQL_BATCH = 100
 SPACE_BATCH = 100
+#: v1 `user/bulk` answers at most 200 ids ("If more than 200 ids are passed first 200 will be returned").
 USER_BATCH = 100
+#: Long GETs are refused by Atlassian's edge with 400/414 (CONFCLOUD-76891: `user/bulk` with many account ids,
+#: which may be up to 128 characters each): id lists are cut so the query string stays under this many bytes.
+QUERY_BUDGET = 6000
 KINDS: tuple[tuple[str, ContentType], ...] = (("pages", "page"), ("blogposts", "blogpost"))
-#: Statuses asked for when fetching one page, so a trashed or archived page comes back (and is deleted from
-#: the index) instead of looking like a 404.
-ANY_STATUS = "current,archived,trashed,deleted"
+#: Statuses asked for when fetching one item, so trashed or archived content comes back (and is deleted from
+#: the index) instead of looking like a 404. v2 takes `status` as a repeated parameter whose values must be
+#: in the operation's enum: "Get page by id" allows current, archived, trashed, deleted, historical, draft;
+#: "Get blog post by id" current, trashed, deleted, historical, draft (blog posts are never archived, and
+#: asking for `archived` is a 400).
+FETCH_STATUSES: dict[ContentType, tuple[str, ...]] = {
+    "page": ("current", "archived", "trashed", "deleted"),
+    "blogpost": ("current", "trashed", "deleted"),
+}
+#: v2 "Get all ancestors of page": `limit` default 25, maximum 250, no cursor; more are had by asking again
+#: from the highest ancestor returned.
+ANCESTORS_LIMIT = 250
+#: The v2 collection serving each kind of tree node an ancestor list can name (v2 Ancestors: type is one of
+#: page, whiteboard, database, embed, folder).
+ANCESTOR_KINDS: dict[str, str] = {
+    "page": "pages",
+    "folder": "folders",
+    "whiteboard": "whiteboards",
+    "database": "databases",
+    "embed": "embeds",
+}
+#: Statuses of content gone from the index's point of view, for CQL `cqlcontext` (reconciliation).
+GONE_STATUSES = ("trashed", "deleted", "archived")
+#: Cache bounds: entries, and seconds before an entry (a miss included) is asked again.
+CACHE_SIZE = 20_000
+NAME_TTL = 600.0
+#: Read restrictions of ancestors are served from cache for at most this long (a page's own restrictions are
+#: always read fresh): a restriction added to a parent without any webhook reaching this process is seen by
+#: its descendants' next jobs within this window.
+RESTRICTION_TTL = 60.0
 #: CQL dates are read in the calling user's profile time zone, which we cannot know: the query is widened
 #: by a day (more than any UTC offset) and the exact cut is made on our side.
 CQL_TZ_SLACK = timedelta(days=1)
 
 
-class _TtlCache(Generic[T]):
-    """A dict whose entries expire: space names and ancestor titles change rarely, but do change."""
-
-    def __init__(self, ttl: float = 600.0) -> None:
-        self._ttl = ttl
-        self._items: dict[str, tuple[float, T]] = {}
-
-    def get(self, key: str) -> T | None:
-        hit = self._items.get(key)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
-
-    def put(self, key: str, value: T) -> None:
-        self._items[key] = (time.monotonic() + self._ttl, value)
+def _cache(ttl: float, clock: Callable[[], float], size: int = CACHE_SIZE) -> TTLCache[str, Any]:
+    """A bounded cache whose entries expire (least recently used evicted first): names and restrictions change
+    rarely, but do change, and a long-lived worker must not grow with the wiki."""
+    return TTLCache(maxsize=size, ttl=ttl, timer=clock)
 
 
 class _BearerAuth(httpx.Auth):
@@ -98,6 +119,14 @@ class _BearerAuth(httpx.Auth):
         return "_BearerAuth(<hidden>)"
 
 
+class DownloadTooLarge(Exception):
+    """A download passed its byte cap (`seen` is what arrived or was declared before we stopped)."""
+
+    def __init__(self, seen: int, limit: int) -> None:
+        super().__init__(f"larger than {limit} bytes (at least {seen})")
+        self.seen, self.limit = seen, limit
+
+
 class _Transient(Exception):
     """One failed attempt that may succeed if repeated (internal to the retry loop)."""
 
@@ -106,8 +135,35 @@ class _Transient(Exception):
         self.status, self.retry_after, self.detail = status, retry_after, detail
 
 
-def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    return (items[i : i + size] for i in range(0, len(items), size))
+def _batches(items: Sequence[str], size: int, budget: int = QUERY_BUDGET, per_item: int = 3) -> Iterable[Sequence[str]]:
+    """`items` cut into runs of at most `size`, each run's URL-encoded length (plus `per_item` bytes of
+    separator or parameter name per item) within `budget` bytes, so no request is refused for its length."""
+    batch: list[str] = []
+    used = 0
+    for item in items:
+        cost = len(quote(item, safe="")) + per_item
+        if batch and (len(batch) >= size or used + cost > budget):
+            yield batch
+            batch, used = [], 0
+        batch.append(item)
+        used += cost
+    if batch:
+        yield batch
+
+
+_MISSING: Any = object()
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of `url` (RFC 6454 origin, default port made explicit, host lower-cased)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        port = None  # an unparsable port never equals ours
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _cql_quote(value: str) -> str:
@@ -129,7 +185,9 @@ class ConfluenceClient:
         on_retry: RetryHook | None = None,
         sleep: Sleep = asyncio.sleep,
         backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` (seconds, monotonic) times the caches' expiry; tests pass their own to step past it."""
         self._cloud = settings.deployment == Deployment.CLOUD
         self._base = settings.confluence_base_url
         self._max_retries = settings.confluence_max_retries
@@ -143,9 +201,11 @@ class ConfluenceClient:
             transport=transport,
             headers={"Accept": "application/json"},
         )
-        self._users: dict[str, str | None] = {}
-        self._spaces: _TtlCache[SpaceInfo] = _TtlCache()
-        self._titles: _TtlCache[str] = _TtlCache()
+        self._origin = _origin(self._base)
+        self._users: TTLCache[str, str | None] = _cache(NAME_TTL, clock)
+        self._spaces: TTLCache[str, SpaceInfo] = _cache(NAME_TTL, clock, size=2_000)
+        self._titles: TTLCache[str, str] = _cache(NAME_TTL, clock)
+        self._restrictions: TTLCache[str, bool] = _cache(RESTRICTION_TTL, clock)
 
     def _auth(self, settings: Settings) -> httpx.Auth | None:
         if self._cloud and settings.confluence_email and settings.confluence_api_token:
@@ -188,17 +248,47 @@ class ConfluenceClient:
     async def resolve_users(self, ids: Iterable[str]) -> dict[str, str]:
         """Display names for Cloud account ids / Data Center user keys (or usernames); unknown ids omitted.
 
-        Answers, misses included, are cached for the client's life, so a backfill asks once per author.
+        Answers, misses included, are cached (bounded, for `NAME_TTL` seconds), so a backfill asks once per
+        author and a renamed or newly visible user is seen again within minutes.
         """
-        wanted = sorted({i for i in ids if i} - self._users.keys())
+        unique = {i for i in ids if i}
+        names: dict[str, str | None] = {}
+        for user_id in unique:
+            cached = self._users.get(user_id, _MISSING)
+            if cached is not _MISSING:
+                names[user_id] = cached
+        wanted = sorted(unique - names.keys())
         if wanted and self._cloud:
-            for batch in _batches(wanted, USER_BATCH):
+            for batch in _batches(wanted, USER_BATCH, per_item=len("&accountId=")):
                 found = await self._cloud_users(batch)
-                self._users.update({i: found.get(i) for i in batch})
+                names.update({i: found.get(i) for i in batch})
         elif wanted:
-            names = await asyncio.gather(*(self._dc_user(i) for i in wanted))
-            self._users.update(zip(wanted, names, strict=True))
-        return {i: name for i in ids if (name := self._users.get(i)) is not None}
+            answers = await asyncio.gather(*(self._dc_user(i) for i in wanted))
+            names.update(zip(wanted, answers, strict=True))
+        for user_id in wanted:
+            self._users[user_id] = names[user_id]
+        return {i: name for i in unique if (name := names.get(i)) is not None}
+
+    def invalidate(self, content_id: str) -> None:
+        """Forget what is cached about one page, folder or blog post: its read restriction and its title.
+
+        Called when an event says they may have changed (a move, a restriction or permission change, an
+        edit): a page's own restriction is always read fresh, but its descendants take their ancestors'
+        restrictions from this cache. Other processes' caches expire within `RESTRICTION_TTL`.
+        """
+        self._restrictions.pop(content_id, None)
+        self._titles.pop(content_id, None)
+
+    async def iter_gone(self, since: datetime) -> AsyncIterator[PageRef]:
+        """Pages and blog posts trashed, deleted or archived at or after `since` (for reconciliation).
+
+        Purged content is in no list at all: only a webhook or an existence check of held ids finds it.
+        """
+        cut = _aware(since)
+        context = json.dumps({"contentStatuses": list(GONE_STATUSES)}, separators=(",", ":"))
+        async for ref in self._cql_refs(self._listing_cql(None, cut), cqlcontext=context):
+            if ref.last_modified is None or ref.last_modified >= cut:
+                yield ref
 
     async def iter_pages(
         self, space_keys: Sequence[str] | None = None, *, since: datetime | None = None
@@ -250,10 +340,87 @@ class ConfluenceClient:
             keys.extend(parse_dc_space_keys(data))
         return keys
 
+    # --- raw reads for app.permissions_client (same limits, retries and error translation) ---------------
+    @property
+    def is_cloud(self) -> bool:
+        return self._cloud
+
+    async def get_json(self, api: str, path: str, params: Params | None = None) -> JSON:
+        """GET `/rest/api/<path>` (api "v1") or `/api/v2/<path>` (api "v2") as a JSON object."""
+        data: JSON = await self._get_json(self._v2(path) if api == "v2" else self._v1(path), params)
+        return data
+
+    async def get_any_json(self, api: str, path: str, params: Params | None = None) -> Any:
+        """Like `get_json` for endpoints whose body is a JSON array (Data Center space permissions)."""
+        url = self._v2(path) if api == "v2" else self._v1(path)
+        return await self._get_json(url, params, top_level_array=True)
+
+    def paginate(self, api: str, path: str, params: Params | None = None) -> AsyncIterator[JSON]:
+        """Each page of a v1/v2 list, following `_links.next`."""
+        return self._paginate(self._v2(path) if api == "v2" else self._v1(path), params)
+
+    def absolute(self, link: str) -> str:
+        """A `_links.download`/`webui` value (relative to the site, context path included or not) as a URL."""
+        if link.startswith(("http://", "https://")):
+            return link
+        prefix = urlsplit(self._base).path.rstrip("/")
+        path = link if not prefix or link.startswith(prefix + "/") else prefix + link
+        return self._origin + path
+
+    async def download(self, url: str, max_bytes: int) -> bytes:
+        """The bytes at `url` (an attachment's download link), streamed, with the same origin check,
+        concurrency gate and retries as every other call.
+
+        Raises DownloadTooLarge as soon as more than `max_bytes` arrive (or `Content-Length` says so), so an
+        oversize file costs at most `max_bytes` of memory and transfer; PageNotFound on 404.
+        """
+        if _origin(url) != self._origin:
+            raise ConfluenceProtocolError(f"refusing to download off the configured origin {self._origin}")
+        path = urlsplit(url).path
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._download_once(url, path, max_bytes)
+            except _Transient as failure:
+                too_long = failure.retry_after is not None and failure.retry_after > self._backoff.cap
+                if attempt > self._max_retries or too_long:
+                    raise ConfluenceUnavailable(
+                        f"Confluence {failure.detail} for GET {path} (after {attempt} attempts)",
+                        retry_after=failure.retry_after,
+                    ) from failure.__cause__
+                await self._wait(attempt, failure, path)
+
+    async def _download_once(self, url: str, path: str, max_bytes: int) -> bytes:
+        if self._http.auth is None:
+            raise ConfluenceAuthError(f"no Confluence credentials configured: set {self._fix}")
+        try:
+            async with self._gate, self._http.stream("GET", url, headers={"Accept": "*/*"}) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._raise_for_status(response, path)
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise DownloadTooLarge(int(declared), max_bytes)
+                data = bytearray()
+                async for piece in response.aiter_bytes():
+                    data += piece
+                    if len(data) > max_bytes:
+                        raise DownloadTooLarge(len(data), max_bytes)
+                return bytes(data)
+        except httpx.TimeoutException as exc:
+            raise _Transient(0, None, "timed out") from exc
+        except httpx.TransportError as exc:
+            raise _Transient(0, None, f"unreachable ({type(exc).__name__})") from exc
+
     # --- Cloud --------------------------------------------------------------------------------------------
     async def _cloud_page(self, page_id: str, content_type: ContentType) -> Page:
         kind = "pages" if content_type == "page" else "blogposts"
-        params = {"body-format": "storage", "include-labels": "true", "status": ANY_STATUS}
+        params: Params = [
+            ("body-format", "storage"),
+            ("include-labels", "true"),
+            *(("status", status) for status in FETCH_STATUSES[content_type]),
+        ]
         data = await self._get_json(self._v2(f"{kind}/{quote(page_id, safe='')}"), params)
         content = parse_cloud_content(data, content_type)
         if content.status != "current":  # the caller only deletes it: skip the lookups that would 404
@@ -266,14 +433,16 @@ class ConfluenceClient:
 
     async def _complete_cloud_page(self, content: CloudContent, kind: str) -> Page:
         """Space, breadcrumb, author name, restrictions and all labels: v2 gives only ids for these."""
-        ancestor_ids: list[str] = []
+        self._titles[content.id] = content.title  # fresh: descendants' breadcrumbs read it from here
+        ancestors: list[tuple[str, str]] = []
         if content.content_type == "page":
-            ancestor_ids = parse_ancestor_ids(await self._get_json(self._v2(f"pages/{content.id}/ancestors")))
+            ancestors = await self._cloud_ancestors(content.id)
+        ancestor_ids = [ancestor_id for ancestor_id, _ in ancestors]
         space, titles, users, restricted, labels = await asyncio.gather(
             self._cloud_space(content.space_id),
-            self._page_titles(ancestor_ids),
+            self._titles_of(ancestors),
             self.resolve_users([content.author_id] if content.author_id else []),
-            self._any_restricted([content.id, *ancestor_ids]),
+            self._any_restricted(content.id, ancestor_ids),
             self._all_labels(content, kind),
         )
         return build_cloud_page(
@@ -295,11 +464,53 @@ class ConfluenceClient:
             labels.extend(parse_label_names(data))
         return labels
 
+    async def _cloud_ancestors(self, page_id: str) -> list[tuple[str, str]]:
+        """(id, type) of every ancestor of a page, root first: pages, folders, whiteboards, databases, embeds.
+
+        v2 answers at most `limit` of the nearest ancestors with no cursor; when a full answer comes back we
+        ask again from the highest one returned (its own ancestors endpoint, by its type) until the root.
+        """
+        chain: list[tuple[str, str]] = []
+        node_id, node_kind = page_id, "page"
+        while True:
+            path = f"{ANCESTOR_KINDS[node_kind]}/{quote(node_id, safe='')}/ancestors"
+            found = parse_ancestors(await self._get_json(self._v2(path), {"limit": str(ANCESTORS_LIMIT)}))
+            if any(item in chain or item[0] == page_id for item in found):
+                raise ConfluenceProtocolError(f"Confluence sent a cyclic ancestor list for page {page_id}")
+            chain = found + chain
+            if len(found) < ANCESTORS_LIMIT:
+                return chain
+            node_id, node_kind = found[0]
+            if node_kind not in ANCESTOR_KINDS:
+                raise ConfluenceProtocolError(f"cannot list the ancestors of a {node_kind!r} (page {page_id})")
+
+    async def _titles_of(self, ancestors: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """Titles of pages (in bulk) and of folders and other containers (one call each), cached."""
+        pages = [ancestor_id for ancestor_id, kind in ancestors if kind == "page"]
+        others = [(i, kind) for i, kind in ancestors if kind != "page" and kind in ANCESTOR_KINDS]
+        titles, rest = await asyncio.gather(
+            self._page_titles(pages), asyncio.gather(*(self._container_title(i, kind) for i, kind in others))
+        )
+        titles.update({i: title for (i, _), title in zip(others, rest, strict=True) if title is not None})
+        return titles
+
+    async def _container_title(self, content_id: str, kind: str) -> str | None:
+        cached: str | None = self._titles.get(content_id)
+        if cached is None:
+            path = f"{ANCESTOR_KINDS[kind]}/{quote(content_id, safe='')}"
+            try:
+                cached = parse_titles({"results": [await self._get_json(self._v2(path))]}).get(content_id)
+            except PageNotFound:
+                return None  # not visible to us: the breadcrumb skips it; its restrictions are still checked
+            if cached is not None:
+                self._titles[content_id] = cached
+        return cached
+
     async def _cloud_space(self, space_id: str) -> SpaceInfo:
         space = self._spaces.get(space_id)
         if space is None:
             space = parse_cloud_space(await self._get_json(self._v2(f"spaces/{quote(space_id, safe='')}")))
-            self._spaces.put(space_id, space)
+            self._spaces[space_id] = space
         return space
 
     async def _cloud_spaces(self, keys: Sequence[str] | None) -> list[SpaceInfo]:
@@ -312,29 +523,47 @@ class ConfluenceClient:
             async for data in self._paginate(self._v2("spaces"), params):
                 spaces.extend(parse_cloud_space(item) for item in results(data))
         for space in spaces:
-            self._spaces.put(space.id, space)
+            self._spaces[space.id] = space
         return spaces
 
     async def _page_titles(self, page_ids: Sequence[str]) -> dict[str, str]:
-        missing = [i for i in page_ids if self._titles.get(i) is None]
+        titles: dict[str, str] = {}
+        for page_id in page_ids:
+            if (cached := self._titles.get(page_id)) is not None:
+                titles[page_id] = cached
+        missing = [i for i in page_ids if i not in titles]
         for batch in _batches(missing, V2_BATCH):
             params = {"id": ",".join(batch), "limit": str(V2_BATCH)}
             async for data in self._paginate(self._v2("pages"), params):
                 for page_id, title in parse_titles(data).items():
-                    self._titles.put(page_id, title)
-        return {i: cached for i in page_ids if (cached := self._titles.get(i)) is not None}
+                    self._titles[page_id] = titles[page_id] = title
+        return titles
 
-    async def _any_restricted(self, content_ids: Sequence[str]) -> bool:
-        """Read restrictions anywhere on the path from the root: they are inherited by every descendant."""
-        answers = await asyncio.gather(*(self._restricted(i) for i in content_ids))
+    async def _any_restricted(self, content_id: str, ancestor_ids: Sequence[str]) -> bool:
+        """Read restrictions on the content itself (always read fresh) or anywhere on the path from the root
+        (cached up to `RESTRICTION_TTL`): they are inherited by every descendant."""
+        answers = await asyncio.gather(
+            self._restricted(content_id, fresh=True), *(self._restricted(i) for i in ancestor_ids)
+        )
         return any(answers)
 
-    async def _restricted(self, content_id: str) -> bool:
+    async def _restricted(self, content_id: str, *, fresh: bool = False) -> bool:
+        """Whether `content_id` itself carries a read restriction naming any user or group.
+
+        Both subject kinds are asked for: Data Center expands only groups by default ("expand ... Default
+        value: group", Content Restrictions "Get restrictions by operation"), and a page restricted to one
+        named user would otherwise read as open. An answer missing either kind is refused, not guessed.
+        """
+        if not fresh and (cached := self._restrictions.get(content_id)) is not None:
+            return cached
         path = f"content/{quote(content_id, safe='')}/restriction/byOperation/read"
-        return has_read_restrictions(await self._get_json(self._v1(path)))
+        params = {"expand": "restrictions.user,restrictions.group"}
+        restricted = read_restricted(await self._get_json(self._v1(path), params))
+        self._restrictions[content_id] = restricted
+        return restricted
 
     async def _cloud_users(self, account_ids: Sequence[str]) -> dict[str, str]:
-        params: Params = [*(("accountId", i) for i in account_ids), ("limit", str(USER_BATCH))]
+        params: Params = [*(("accountId", i) for i in account_ids), ("limit", str(len(account_ids)))]
         return parse_cloud_users(await self._get_json(self._v1("user/bulk"), params))
 
     async def _cloud_refs(self, space_keys: Sequence[str] | None) -> AsyncIterator[PageRef]:
@@ -365,7 +594,7 @@ class ConfluenceClient:
         ancestors_restricted = False
         if data.get("status") == "current":
             try:
-                ancestors_restricted = await self._any_restricted(dc_ancestor_ids(data))
+                ancestors_restricted = any(await asyncio.gather(*(self._restricted(i) for i in dc_ancestor_ids(data))))
             except PageNotFound as exc:
                 raise ConfluenceUnavailable(f"page {page_id} changed while being read; try again") from exc
         return parse_dc_page(data, base_url=self._base, ancestors_restricted=ancestors_restricted)
@@ -391,8 +620,10 @@ class ConfluenceClient:
             clauses.append(f'lastmodified >= "{start:%Y-%m-%d %H:%M}"')
         return " and ".join(clauses) + " order by created asc"
 
-    async def _cql_refs(self, cql: str) -> AsyncIterator[PageRef]:
+    async def _cql_refs(self, cql: str, *, cqlcontext: str | None = None) -> AsyncIterator[PageRef]:
         params = {"cql": cql, "expand": "version,space", "limit": str(CQL_BATCH)}
+        if cqlcontext is not None:
+            params["cqlcontext"] = cqlcontext
         async for data in self._paginate(self._v1("content/search"), params):
             for ref in parse_search_refs(data):
                 yield ref
@@ -405,7 +636,8 @@ class ConfluenceClient:
         return f"{self._base}/rest/api/{path}"
 
     async def _paginate(self, url: str, params: Params | None) -> AsyncIterator[JSON]:
-        """Each page of a list, following `_links.next` (a v2 cursor, or v1 `start`/`limit`)."""
+        """Each page of a list, following `_links.next` (a v2 cursor, or v1 `start`/`limit`); a link off the
+        configured origin is refused by `_get_json` before anything is sent."""
         seen: set[str] = set()
         next_page: str | None = url
         while next_page is not None and next_page not in seen:
@@ -414,18 +646,24 @@ class ConfluenceClient:
             yield data
             next_page, params = next_url(data, self._base), None
 
-    async def _get_json(self, url: str, params: Params | None = None) -> JSON:
+    async def _get_json(self, url: str, params: Params | None = None, *, top_level_array: bool = False) -> Any:
         """GET with the concurrency limit, retrying transient failures with backoff, as a JSON object.
 
         A `Retry-After` longer than our backoff cap is not slept through: the error goes up with that
-        delay so the job queue, not a worker slot, does the waiting.
+        delay so the job queue, not a worker slot, does the waiting. Every URL, those taken from a response
+        (`_links.next`) included, must be on the configured origin: our credentials go nowhere else.
         """
+        if _origin(url) != self._origin:
+            raise ConfluenceProtocolError(
+                f"refusing to send credentials off the configured Confluence origin {self._origin}: "
+                f"a response pointed at {_origin(url)}"
+            )
         path = urlsplit(url).path
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(url, params, path)
+                return await self._attempt(url, params, path, top_level_array=top_level_array)
             except _Transient as failure:
                 too_long = failure.retry_after is not None and failure.retry_after > self._backoff.cap
                 if attempt > self._max_retries or too_long:
@@ -445,7 +683,7 @@ class ConfluenceClient:
             self._on_retry(failure.status, wait)
         await self._sleep(wait)
 
-    async def _attempt(self, url: str, params: Params | None, path: str) -> JSON:
+    async def _attempt(self, url: str, params: Params | None, path: str, *, top_level_array: bool = False) -> Any:
         if self._http.auth is None:
             raise ConfluenceAuthError(f"no Confluence credentials configured: set {self._fix}")
         try:
@@ -458,7 +696,10 @@ class ConfluenceClient:
         if response.status_code >= 400:
             self._raise_for_status(response, path)
         try:
-            return as_object(response.json(), "a JSON object")
+            body = response.json()
+            if top_level_array and isinstance(body, list):
+                return body
+            return as_object(body, "a JSON object")
         except ValueError as exc:
             raise ConfluenceProtocolError(f"Confluence sent non-JSON for GET {path}") from exc
 

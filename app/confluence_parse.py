@@ -178,12 +178,12 @@ def parse_cloud_space(data: Mapping[str, Any]) -> SpaceInfo:
     return SpaceInfo(id=_required_str(data, "id"), key=_required_str(data, "key"), name=_optional_str(data, "name"))
 
 
-def parse_ancestor_ids(data: Mapping[str, Any]) -> list[str]:
-    """Page ancestors from v2 `/pages/{id}/ancestors`, root first (the order v2 returns them in).
-
-    Cloud ancestors may also be folders or whiteboards; only pages have titles we can look up in bulk.
-    """
-    return [_required_str(item, "id") for item in results(data) if item.get("type", "page") == "page"]
+def parse_ancestors(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(id, type) of each ancestor from v2 `/{pages|folders|...}/{id}/ancestors`, root first (v2 returns them
+    "in top-to-bottom order"). Every type is kept: a folder, whiteboard, database or embed is part of the
+    breadcrumb and may carry read restrictions its descendants inherit (v2 Ancestors: `type` enum page,
+    whiteboard, database, embed, folder)."""
+    return [(_required_str(item, "id"), _optional_str(item, "type") or "page") for item in results(data)]
 
 
 def parse_titles(data: Mapping[str, Any]) -> dict[str, str]:
@@ -265,6 +265,17 @@ def has_read_restrictions(data: Mapping[str, Any]) -> bool:
         if bucket.get("results") or (isinstance(bucket.get("size"), int) and bucket["size"] > 0):
             return True
     return False
+
+
+def read_restricted(data: Mapping[str, Any]) -> bool:
+    """Like `has_read_restrictions`, for a `restriction/byOperation/read` answer that must carry both the user
+    and the group subjects: one that leaves either unexpanded (Data Center expands only groups unless asked)
+    cannot tell an open page from one restricted to a named user, so it is a protocol error, never "open"."""
+    restrictions = _get(data, "restrictions")
+    missing = [kind for kind in ("user", "group") if not isinstance(_get(restrictions, kind), Mapping)]
+    if missing:
+        raise ConfluenceProtocolError(f"read restrictions came back without their {' and '.join(missing)} subjects")
+    return has_read_restrictions(data)
 
 
 def dc_ancestor_ids(data: Mapping[str, Any]) -> list[str]:

@@ -3,7 +3,12 @@
 It serves exactly the endpoints `app.confluence.ConfluenceClient` calls, with JSON shaped like the real APIs
 (modelled on the captures in `shared/corpus/api/`), checks credentials, paginates (25 results per response by
 default, so pagination is always exercised), and counts every request so a test can assert how many calls a
-code path made. Faults (`fail_next`, `slowness`) are injected deterministically.
+code path made. Faults (`fail_next`, `slowness`, `next_link_origin`) are injected deterministically.
+
+It also enforces what Atlassian documents for each endpoint (defaults, maxima, enums, ids per request, URL
+length), with the source cited beside each rule in `confluence_api.py`, so a client that relies on something
+the real service would refuse fails here too. A fake that is more lenient than Confluence hides bugs: that is
+how a page 30 levels deep once read as unrestricted.
 
     with FakeConfluence("cloud").start() as fake:
         fake.put_page("1", title="Home", body="<p>hi</p>")
@@ -41,6 +46,18 @@ JSON = dict[str, Any]
 Deployment = Literal["cloud", "datacenter"]
 STATUSES = ("current", "trashed", "deleted", "archived")
 LABELS_INLINE = 50  # v2 `include-labels` stops here and says `hasMore`
+#: Cloud content that can sit in a page tree without being a page (v2 "Ancestors": ancestor `type` is one of
+#: page, whiteboard, database, embed, folder), with the v2 collection that serves each.
+CONTAINER_TYPES: dict[str, str] = {
+    "folder": "folders",
+    "whiteboard": "whiteboards",
+    "database": "databases",
+    "embed": "embeds",
+}
+#: Longest request target (path + query) served; longer ones get 414. Atlassian documents no figure, but its
+#: edge refuses long GETs with 400/414 (CONFCLOUD-76891, `user/bulk` with many account ids); 8 KiB is the
+#: common default of the proxies in front of Data Center too.
+MAX_URL_BYTES = 8192
 
 
 @dataclass
@@ -62,6 +79,8 @@ class FakeContent:
     created: datetime
     last_modified: datetime
     seq: int
+    #: Who the read restriction names when `restricted`: a named user, or a group.
+    restricted_to: Literal["user", "group"] = "user"
 
 
 @dataclass
@@ -77,11 +96,13 @@ class _Space:
     id: str
     key: str
     name: str
+    homepage_id: str | None = None
 
 
 @dataclass
 class _Counters:
     requests: list[tuple[str, str]] = field(default_factory=list)
+    by_query: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -135,6 +156,9 @@ class FakeConfluence:
         self.slowness: float = 0.0
         #: The most results one list response carries, whatever `limit` asks (real Confluence caps too).
         self.max_limit: int = 25
+        #: When set (e.g. "http://127.0.0.1:9"), every `_links.next` is written absolute on this origin: a
+        #: hostile or misconfigured server steering the client, with our credentials, somewhere else.
+        self.next_link_origin: str | None = None
         self.port: int = 0
         self._lock = threading.RLock()
         self._content: dict[str, FakeContent] = {}
@@ -198,13 +222,64 @@ class FakeConfluence:
     ) -> None:
         self.stop()
 
+    @property
+    def origin(self) -> str:
+        """scheme://host:port of the server, without the context path."""
+        return f"http://127.0.0.1:{self.port}"
+
     # --- state --------------------------------------------------------------------------------------------
-    def add_space(self, key: str, name: str | None = None) -> None:
+    def add_space(self, key: str, name: str | None = None, *, homepage: str | None = None) -> None:
+        """Create (or rename) a space. With `homepage`, the space gets a home page of that title and, as on
+        real Cloud sites (see the corpus's `*.ancestors.v1.json`: every breadcrumb starts at the home page),
+        every page later added without a parent becomes its child."""
         with self._lock:
             if key in self._spaces:
                 self._spaces[key].name = name or self._spaces[key].name
             else:
                 self._spaces[key] = _Space(id=str(98_300 + len(self._spaces)), key=key, name=name or key)
+            space = self._spaces[key]
+            if homepage is not None and space.homepage_id is None:
+                home_id = f"{space.id}0"
+                self.put_page(home_id, title=homepage, body="<p>Home</p>", space_key=key)
+                space.homepage_id = home_id
+
+    def add_container(
+        self,
+        content_id: str,
+        *,
+        title: str,
+        space_key: str = "ENG",
+        parent_id: str | None = None,
+        kind: str = "folder",
+        restricted: bool = False,
+    ) -> None:
+        """A Cloud folder (or whiteboard, database, embed) in the page tree: pages can live under it, it has a
+        title and may carry read restrictions, but it is never listed, indexed or fetched as a page."""
+        if self.deployment != "cloud" or kind not in CONTAINER_TYPES:
+            raise ValueError(f"Cloud only, and kind must be one of {sorted(CONTAINER_TYPES)}")
+        now = datetime.now(UTC)
+        with self._lock:
+            self.add_space(space_key)
+            if parent_id is not None and parent_id not in self._content:
+                raise KeyError(f"parent {parent_id} does not exist")
+            self._seq += 1
+            self._content[content_id] = FakeContent(
+                id=content_id,
+                type=kind,
+                title=title,
+                body="",
+                space_key=space_key,
+                parent_id=parent_id if parent_id is not None else self._spaces[space_key].homepage_id,
+                author_id="acc-1",
+                creator_id="acc-1",
+                labels=(),
+                restricted=restricted,
+                status="current",
+                version=1,
+                created=now,
+                last_modified=now,
+                seq=self._seq,
+            )
 
     def add_user(self, account_id: str, display_name: str) -> None:
         with self._lock:
@@ -237,6 +312,11 @@ class FakeConfluence:
             old = self._content.get(page_id)
             if parent_id is not None and parent_id not in self._content:
                 raise KeyError(f"parent {parent_id} does not exist")
+            home = self._spaces[space_key].homepage_id
+            if parent_id is None and old is None and home is not None and home != page_id:
+                parent_id = home
+            elif parent_id is None and old is not None:
+                parent_id = old.parent_id
             self._seq += 1
             self._content[page_id] = FakeContent(
                 id=page_id,
@@ -257,9 +337,7 @@ class FakeConfluence:
             )
             return self._content[page_id].version
 
-    def bulk_pages(
-        self, space_key: str, n: int, body_factory: Callable[[int], str] | None = None
-    ) -> list[str]:
+    def bulk_pages(self, space_key: str, n: int, body_factory: Callable[[int], str] | None = None) -> list[str]:
         """Add `n` pages to a space quickly (fresh numeric ids); returns their ids."""
         make_body = body_factory or (lambda i: f"<p>Page {i} of {space_key}.</p>")
         ids = []
@@ -273,11 +351,13 @@ class FakeConfluence:
         return ids
 
     def set_status(self, page_id: str, status: str) -> None:
-        """Trash, archive, mark deleted, or restore ("current"); the version does not change."""
+        """Trash, archive, mark deleted, or restore ("current"); the version does not change, but the
+        modification date does (so CQL `lastmodified` with `cqlcontext` contentStatuses finds it)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
         with self._lock:
             self._content[page_id].status = status
+            self._content[page_id].last_modified = datetime.now(UTC)
 
     def delete_page(self, page_id: str) -> None:
         """Purge: the page answers 404 from now on; its children move up to its parent, as in Confluence."""
@@ -304,9 +384,11 @@ class FakeConfluence:
                     moved.space_key = space_key
             item.last_modified = datetime.now(UTC)
 
-    def set_restricted(self, page_id: str, restricted: bool) -> None:
+    def set_restricted(self, page_id: str, restricted: bool, *, to: Literal["user", "group"] = "user") -> None:
+        """Add or lift a read restriction; `to` says whether it names a user or a group."""
         with self._lock:
             self._content[page_id].restricted = restricted
+            self._content[page_id].restricted_to = to
 
     def page(self, page_id: str) -> FakeContent:
         """A copy of one stored page, for assertions."""
@@ -314,8 +396,13 @@ class FakeConfluence:
             return replace(self._content[page_id])
 
     def page_ids(self, space_key: str | None = None) -> list[str]:
+        """Ids of pages and blog posts (not folders and other containers)."""
         with self._lock:
-            return [i for i, c in self._content.items() if space_key is None or c.space_key == space_key]
+            return [
+                i
+                for i, c in self._content.items()
+                if c.type in ("page", "blogpost") and (space_key is None or c.space_key == space_key)
+            ]
 
     # --- faults and counters ------------------------------------------------------------------------------
     def fail_next(
@@ -341,9 +428,16 @@ class FakeConfluence:
         with self._lock:
             return sum(1 for _, path in self._counters.requests if path_contains in path)
 
+    def queries(self, path_contains: str = "") -> list[str]:
+        """Raw query strings of the requests whose path contains `path_contains`, in arrival order."""
+        with self._lock:
+            pairs = zip(self._counters.requests, self._counters.by_query, strict=True)
+            return [query for (_, path), query in pairs if path_contains in path]
+
     def reset_counters(self) -> None:
         with self._lock:
             self._counters.requests.clear()
+            self._counters.by_query.clear()
             self._counters.max_in_flight = self._counters.in_flight
 
     # --- internals used by the routes ---------------------------------------------------------------------
@@ -383,12 +477,23 @@ class FakeConfluence:
             return header == f"Basic {token}"
         return header == f"Bearer {self.pat}"
 
-    def _limit(self, request: Request) -> int:
+    def _limit(self, request: Request, *, maximum: int | None = None) -> int:
+        """The results to return: `limit` (default 25), served at most `max_limit` at a time.
+
+        With `maximum` (v2 lists: 1..250, OpenAPI `limit` schema `minimum: 1, maximum: 250`) a value outside
+        the range is a 400, as Cloud answers; v1 and Data Center silently clamp instead (CONFSERVER-52558).
+        """
         try:
             asked = int(request.query_params.get("limit", "25"))
         except ValueError as exc:
             raise _HttpError(400, "limit must be a number") from exc
+        if maximum is not None and not 1 <= asked <= maximum:
+            raise _HttpError(400, f"limit must be between 1 and {maximum}, got {asked}")
         return max(1, min(asked, self.max_limit))
+
+    def _ancestor_chain(self, content_id: str) -> list[FakeContent]:
+        """Every ancestor (pages and containers), root first."""
+        return [self._content[i] for i in self._ancestor_ids(content_id)]
 
     def _user(self, user_id: str) -> JSON:
         name = self._users.get(user_id, f"User {user_id}")
@@ -421,6 +526,7 @@ class _Gate:
         fake, counters = self.fake, self.fake._counters
         with fake._lock:
             counters.requests.append((scope["method"], scope["path"]))
+            counters.by_query.append(scope.get("query_string", b"").decode("latin-1"))
             counters.in_flight += 1
             counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
         try:
@@ -435,10 +541,13 @@ class _Gate:
             await asyncio.sleep(fake.slowness)
         with fake._lock:
             fault = fake._fault_for(scope["path"])
+        target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) + 1
         if fault is not None:
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
             response: Response = _error(fault.status, f"injected fault {fault.status}")
             response.headers.update(headers or {})
+        elif target > MAX_URL_BYTES:
+            response = _error(414, f"URI too long ({target} bytes, at most {MAX_URL_BYTES})")
         elif not fake._authorised(Request(scope).headers.get("authorization")):
             response = _error(401, "Unauthorized; scope does not match")
         else:
@@ -467,9 +576,11 @@ def _routes(fake: FakeConfluence) -> list[Route]:
     return [Route(fake.prefix + path, _handler(fake, render), methods=["GET"]) for path, render in table]
 
 
-def page_slice(fake: FakeConfluence, request: Request, items: Sequence[Any]) -> tuple[list[Any], str | None]:
+def page_slice(
+    fake: FakeConfluence, request: Request, items: Sequence[Any], *, maximum: int | None = None
+) -> tuple[list[Any], str | None]:
     """One response's worth of `items` and the `_links.next` for the rest (cursor on Cloud, start on DC)."""
-    limit = fake._limit(request)
+    limit = fake._limit(request, maximum=maximum)
     params = {k: v for k, v in request.query_params.multi_items() if k not in ("cursor", "start")}
     if fake.deployment == "cloud":
         start = _offset(request.query_params.get("cursor"))
@@ -482,6 +593,8 @@ def page_slice(fake: FakeConfluence, request: Request, items: Sequence[Any]) -> 
         return chunk, None
     query = urlencode([*params.items(), *more.items()])
     path = request.url.path
+    if fake.next_link_origin is not None:
+        return chunk, f"{fake.next_link_origin}{path}?{query}"
     if "/rest/api/" in path:  # v1 writes `next` relative to the base (context path excluded), v2 does not
         path = path.removeprefix(fake.prefix)
     return chunk, f"{path}?{query}"

@@ -60,9 +60,7 @@ def _values(raw: str, *, many: bool) -> frozenset[str]:
         if not (raw.startswith("(") and raw.endswith(")")):
             raise CqlError(f"`in` needs a parenthesised list, got {raw!r}")
         raw = raw[1:-1]
-    values = [
-        quoted.replace('\\"', '"').replace("\\\\", "\\") or bare for quoted, bare in _TOKEN.findall(raw)
-    ]
+    values = [quoted.replace('\\"', '"').replace("\\\\", "\\") or bare for quoted, bare in _TOKEN.findall(raw)]
     if not values or (not many and len(values) != 1):
         raise CqlError(f"bad CQL value list {raw!r}")
     return frozenset(values)

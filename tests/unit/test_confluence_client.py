@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from app.confluence import ConfluenceClient
-from app.errors import ConfluenceAuthError, ConfluenceUnavailable, PageNotFound
+from app.confluence import RESTRICTION_TTL, ConfluenceClient
+from app.errors import ConfluenceAuthError, ConfluenceProtocolError, ConfluenceUnavailable, PageNotFound
 from app.retry import Backoff
 from tests import conftest
 from tests.fakes.confluence import FakeConfluence
@@ -51,8 +52,11 @@ def make_client(
     }
     backoff = overrides.pop("backoff", None)
     on_retry = overrides.pop("on_retry", None)
+    clock = overrides.pop("clock", time.monotonic)
     settings = conftest.make_settings(**(values | overrides))
-    return ConfluenceClient(settings, sleep=sleep or RecordingSleep(), backoff=backoff, on_retry=on_retry)
+    return ConfluenceClient(
+        settings, sleep=sleep or RecordingSleep(), backoff=backoff, on_retry=on_retry, clock=clock
+    )
 
 
 def other_secret(fake: FakeConfluence) -> dict[str, Any]:
@@ -97,6 +101,7 @@ async def test_restriction_on_an_ancestor_is_inherited(fake: FakeConfluence) -> 
         assert (await client.get_page("20")).restricted
         assert not (await client.get_page("22")).restricted
         fake.set_restricted("20", False)
+        client.invalidate("20")  # what the job for the restriction event on 20 does
         assert not (await client.get_page("21")).restricted
 
 
@@ -134,6 +139,11 @@ async def test_non_current_page_comes_back_with_its_status(fake: FakeConfluence,
     fake.put_page("50", title="Old", body="<p/>")
     fake.set_status("50", status)
     async with make_client(fake) as client:
+        if fake.deployment == "datacenter" and status != "trashed":
+            # DC `status=any` is "current and trashed" only: other statuses are a 404, which also deletes.
+            with pytest.raises(PageNotFound):
+                await client.get_page("50")
+            return
         page = await client.get_page("50")
         assert (page.status, page.is_current, page.space_key) == (status, False, "ENG")
         fake.set_status("50", "current")
@@ -386,3 +396,130 @@ async def test_list_space_keys(fake: FakeConfluence) -> None:
     async with make_client(fake) as client:
         keys = await client.list_space_keys()
     assert sorted(keys) == sorted(["ENG", *(f"S{i:02d}" for i in range(30))])
+
+
+# --- what the spec-faithful fake catches --------------------------------------------------------------------
+def chain(fake: FakeConfluence, depth: int, *, restricted_root: bool = False, start: int = 10_000) -> list[str]:
+    """A root page and `depth` levels of descendants, one per level; ids root first."""
+    ids = [str(start + level) for level in range(depth + 1)]
+    fake.put_page(ids[0], title="Level 0", body="<p/>", restricted=restricted_root)
+    for level in range(1, depth + 1):
+        fake.put_page(ids[level], title=f"Level {level}", body="<p/>", parent_id=ids[level - 1])
+    return ids
+
+
+async def test_page_thirty_levels_under_a_restricted_root_is_restricted(fake: FakeConfluence) -> None:
+    """v2 answers at most 25 ancestors by default: reading only those, the restricted root was never seen."""
+    ids = chain(fake, 30, restricted_root=True)
+    async with make_client(fake) as client:
+        page = await client.get_page(ids[-1])
+    assert page.restricted
+    assert page.ancestors == tuple(f"Level {level}" for level in range(30))
+    assert page.ancestors[0] == "Level 0", "the breadcrumb starts at the root"
+
+
+async def test_ancestors_beyond_one_answer_are_asked_for_again_from_the_highest() -> None:
+    with FakeConfluence("cloud") as fake:
+        ids = chain(fake, 300, restricted_root=True)
+        async with make_client(fake) as client:
+            page = await client.get_page(ids[-1])
+        assert page.restricted and len(page.ancestors) == 300 and page.ancestors[0] == "Level 0"
+        assert fake.count("/ancestors") == 2, "250 in the first answer, the remaining 50 from the highest"
+
+
+async def test_folders_stay_in_the_path_and_their_restrictions_are_inherited() -> None:
+    with FakeConfluence("cloud") as fake:
+        fake.add_space("ENG", "Engineering", homepage="Engineering Home")
+        fake.add_container("f1", title="Team folder", kind="folder")
+        fake.put_page("201", title="Plans", body="<p/>", parent_id="f1")
+        fake.add_container("w1", title="Board", kind="whiteboard", parent_id="201")
+        fake.put_page("202", title="Under the board", body="<p/>", parent_id="w1")
+        async with make_client(fake) as client:
+            page = await client.get_page("202")
+            assert page.ancestors == ("Engineering Home", "Team folder", "Plans", "Board")
+            assert not page.restricted
+            fake.set_restricted("f1", True, to="group")
+            client.invalidate("f1")
+            assert (await client.get_page("202")).restricted
+        assert [r.id async for r in make_client(fake).iter_pages(["ENG"])] == ["983000", "201", "202"]
+
+
+async def test_breadcrumbs_start_at_the_space_homepage_as_on_real_cloud() -> None:
+    with FakeConfluence("cloud") as fake:
+        fake.add_space("DOC", "Docs", homepage="Docs Home")
+        fake.put_page("301", title="Top level", body="<p/>", space_key="DOC")
+        fake.put_page("302", title="Child", body="<p/>", space_key="DOC", parent_id="301")
+        async with make_client(fake) as client:
+            assert (await client.get_page("302")).ancestors == ("Docs Home", "Top level")
+
+
+@pytest.mark.parametrize("to", ["user", "group"])
+async def test_datacenter_restriction_to_a_named_user_or_group_is_seen(to: Any) -> None:
+    """Data Center's byOperation/read expands only groups unless `restrictions.user` is asked for."""
+    with FakeConfluence("datacenter") as fake:
+        fake.put_page("401", title="HR", body="<p/>")
+        fake.put_page("402", title="Salaries", body="<p/>", parent_id="401")
+        fake.put_page("403", title="Own restriction", body="<p/>")
+        fake.set_restricted("401", True, to=to)
+        fake.set_restricted("403", True, to=to)
+        async with make_client(fake) as client:
+            assert (await client.get_page("402")).restricted, "inherited from the parent"
+            assert (await client.get_page("403")).restricted, "its own"
+
+
+async def test_blog_post_fetch_sends_only_statuses_blog_posts_have() -> None:
+    with FakeConfluence("cloud") as fake:
+        fake.put_page("501", title="News", body="<p/>", content_type="blogpost")
+        fake.set_status("501", "trashed")
+        async with make_client(fake) as client:
+            assert (await client.get_page("501")).status == "trashed"
+        blog_queries = fake.queries("/api/v2/blogposts/501")
+        assert blog_queries and all("archived" not in q and "%2C" not in q for q in blog_queries)
+
+
+async def test_read_restrictions_of_ancestors_are_cached_and_expire(fake: FakeConfluence) -> None:
+    now = [1000.0]
+    fake.put_page("600", title="Root", body="<p/>")
+    for i in range(601, 611):
+        fake.put_page(str(i), title=f"Child {i}", body="<p/>", parent_id="600")
+    async with make_client(fake, clock=lambda: now[0]) as client:
+        for i in range(601, 611):
+            assert not (await client.get_page(str(i))).restricted
+        assert fake.count("/600/restriction") == 1, "one ancestor, asked once for ten children"
+        own = 1 if fake.deployment == "cloud" else 0  # Data Center reads a page's own inline, with the page
+        assert all(fake.count(f"/{i}/restriction") == own for i in range(601, 611)), "each page's own is fresh"
+        fake.set_restricted("600", True)
+        now[0] += RESTRICTION_TTL + 1  # no event reached us: expiry bounds how long the old answer is used
+        assert (await client.get_page("605")).restricted
+        assert fake.count("/600/restriction") == 2
+
+
+async def test_a_foreign_next_link_is_refused_before_anything_is_sent(fake: FakeConfluence) -> None:
+    with FakeConfluence(fake.deployment) as foreign:
+        fake.bulk_pages("ENG", 30)  # more than one response's worth
+        fake.next_link_origin = foreign.origin
+        async with make_client(fake) as client:
+            with pytest.raises(ConfluenceProtocolError, match="origin"):
+                _ = [ref async for ref in client.iter_pages(["ENG"])]
+        assert foreign.count() == 0, "the foreign server must never see a request (nor our credentials)"
+
+
+async def test_many_long_user_ids_are_asked_for_in_requests_short_enough_to_be_served() -> None:
+    with FakeConfluence("cloud") as fake:
+        ids = [f"712020:{n:08d}-" + "a" * 110 for n in range(450)]
+        for user_id in ids:
+            fake.add_user(user_id, f"Name {user_id[7:15]}")
+        async with make_client(fake) as client:
+            names = await client.resolve_users(ids)
+        assert len(names) == 450
+        assert all(len(q) < 8000 for q in fake.queries("/user/bulk"))
+
+
+async def test_user_misses_expire(fake: FakeConfluence) -> None:
+    now = [0.0]
+    async with make_client(fake, clock=lambda: now[0]) as client:
+        assert await client.resolve_users(["newcomer"]) == {}
+        fake.add_user("newcomer", "New Person")
+        assert await client.resolve_users(["newcomer"]) == {}, "a miss is cached for a while"
+        now[0] += 3600
+        assert await client.resolve_users(["newcomer"]) == {"newcomer": "New Person"}
