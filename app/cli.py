@@ -179,15 +179,21 @@ def search(
     space: Annotated[str | None, typer.Option(help="Only this space.")] = None,
     label: Annotated[str | None, typer.Option(help="Only pages with this label.")] = None,
     mode: Annotated[str, typer.Option(help="hybrid or vector.")] = "hybrid",
+    as_user: Annotated[
+        str | None,
+        typer.Option("--as", help="The person to search as (Cloud account id / DC username); 'service-account'."),
+    ] = None,
 ) -> None:
-    """Search the index from the terminal (same ranking as GET /search)."""
+    """Search the index from the terminal as a person (same ranking and permission filter as GET /search)."""
     from app.search import SearchMode
     from app.search import search as do_search
     from app.search_view import print_results
+    from app.viewer import viewer_principals
 
     settings = _settings()
 
     async def run(rt: Any) -> Any:
+        principals = await viewer_principals(rt, as_user)
         return await do_search(
             rt.pool,
             rt.embedder,
@@ -197,6 +203,7 @@ def search(
             space=space,
             label=label,
             mode=SearchMode(mode),
+            principals=principals,
         )
 
     hits = _run(lambda: _with_runtime(settings, run))

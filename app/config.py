@@ -91,7 +91,27 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_token: SecretStr | None = None
     api_token: SecretStr | None = None
-    index_restricted_pages: bool = False
+    index_restricted_pages: bool | None = Field(
+        default=None,
+        description=(
+            "Obsolete and ignored: restricted pages are always indexed, and every search is filtered by the "
+            "searcher's permissions (README, Permissions)."
+        ),
+    )
+    permission_sync_interval: Annotated[int, Field(ge=1)] = Field(
+        default=900,
+        description="Seconds between permission re-reads (spaces, restrictions, cached group membership).",
+    )
+    search_service_identity: str | None = Field(
+        default=None,
+        description=(
+            "Identity for searches that name no person: a Cloud account id / DC username, or the literal "
+            "'service-account' for the indexing account's (unfiltered) view. Unset: such searches get 400."
+        ),
+    )
+    permission_people_cache: Annotated[int, Field(ge=1)] = Field(
+        default=10_000, description="People whose group membership is cached per process."
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     dedupe_window_seconds: Annotated[int, Field(ge=0)] = 300
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 from llama_index.core.schema import TextNode
 
+from app.access_jobs import forget_page_access, record_page_access
 from app.chunking import chunk_page, embed_text, page_metadata
 from app.config import Settings
 from app.confluence import ConfluenceClient
@@ -49,18 +50,18 @@ async def process_page(rt: Runtime, page_id: str, content_type: ContentType | No
         page = await rt.confluence.get_page(page_id, content_type)
     except PageNotFound:
         removed = await rt.store.delete_page(page_id, status="deleted", reason="not found in Confluence")
+        await forget_page_access(rt, page_id)
         return _done(rt, Outcome(page_id, "deleted", deleted=removed, reason="not found"))
     finally:
         rt.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
 
     if not page.is_current:
         removed = await rt.store.delete_page(page_id, status="deleted", reason=f"status {page.status}", page=page)
+        await forget_page_access(rt, page_id)
         return _done(rt, Outcome(page_id, "deleted", page.version, deleted=removed, reason=page.status))
-    if page.restricted and not rt.settings.index_restricted_pages:
-        removed = await rt.store.delete_page(
-            page_id, status="skipped", reason="read restrictions (INDEX_RESTRICTED_PAGES=false)", page=page
-        )
-        return _done(rt, Outcome(page_id, "skipped", page.version, deleted=removed, reason="restricted"))
+    # Who may read it is recorded before its rows change, so new rows are never readable under old access;
+    # restricted pages are indexed like any other and filtered per person at query time (app.access).
+    await record_page_access(rt, page)
     return await index_page(rt, page)
 
 

@@ -10,12 +10,13 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
 from app.search import SearchHit, SearchMode, search
 from app.security import require_api_token
+from app.viewer import HEADER, MAX_IDENTITY_CHARS, PersonRequired, PersonUnavailable, PersonUnknown, viewer_principals
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,11 @@ def _result(hit: SearchHit) -> SearchResult:
     response_model=SearchResponse,
     dependencies=[Depends(require_api_token)],
     responses={
+        400: {"description": f"No person named ({HEADER}) and no SEARCH_SERVICE_IDENTITY configured"},
         401: {"description": "API_TOKEN is set and the bearer token is missing or wrong"},
-        403: {"description": "No API_TOKEN and the request or bind is not loopback"},
+        403: {"description": "No API_TOKEN and the request or bind is not loopback, or the person is unknown"},
         422: {"description": "Invalid parameters"},
-        503: {"description": "Postgres or the embedding server is unavailable"},
+        503: {"description": "Postgres, the embedding server, or the person's groups in Confluence unavailable"},
     },
 )
 async def search_endpoint(
@@ -68,6 +70,14 @@ async def search_endpoint(
     space: Annotated[str | None, Query(min_length=1, max_length=MAX_FILTER_CHARS, description="Space key.")] = None,
     label: Annotated[str | None, Query(min_length=1, max_length=MAX_FILTER_CHARS, description="Page label.")] = None,
     mode: Annotated[SearchMode, Query(description="hybrid (vector + full text) or vector.")] = SearchMode.HYBRID,
+    person: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            max_length=MAX_IDENTITY_CHARS,
+            description="The person this search answers as: Cloud account id or Data Center username.",
+        ),
+    ] = None,
 ) -> SearchResponse:
     query = q.strip()
     if not query:
@@ -77,8 +87,27 @@ async def search_endpoint(
     rt: Any = request.app.state.runtime
     started = time.perf_counter()
     try:
+        principals = await viewer_principals(rt, person)
+    except PersonRequired as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    except PersonUnknown as exc:
+        raise HTTPException(status_code=403, detail="the named person is not a Confluence user") from exc
+    except PersonUnavailable as exc:
+        log.warning("search person unavailable", extra={"error": str(exc)})
+        raise HTTPException(
+            status_code=503, detail="cannot establish what this person may read now", headers={"Retry-After": "5"}
+        ) from exc
+    try:
         hits = await search(
-            rt.pool, rt.embedder, rt.settings.vector_table, query, k=k, space=space, label=label, mode=mode
+            rt.pool,
+            rt.embedder,
+            rt.settings.vector_table,
+            query,
+            k=k,
+            space=space,
+            label=label,
+            mode=mode,
+            principals=principals,
         )
     except RetryableError as exc:
         log.warning("search unavailable", extra={"error": str(exc)})

@@ -110,8 +110,14 @@ async def search(
     space: str | None = None,
     label: str | None = None,
     mode: SearchMode = SearchMode.HYBRID,
+    principals: frozenset[str] | None = None,
 ) -> list[SearchHit]:
-    """The `k` best chunks of `data_<table>` for `query`, optionally only in `space` / with `label`."""
+    """The `k` best chunks of `data_<table>` for `query`, optionally only in `space` / with `label`.
+
+    `principals`: the searcher's principal set (`app.access`); only chunks of pages they may read
+    (`cv_may_read`) are considered, inside the scans themselves, so `k` stays filled. None searches as the
+    service account (everything indexed): callers answering a person must never pass None.
+    """
     if k < 1:
         raise ValueError("k must be at least 1")
     query = query.strip()
@@ -119,10 +125,10 @@ async def search(
         return []
     embedding = np.asarray(await embedder.aget_query_embedding(query), dtype=np.float32)
     if mode is SearchMode.VECTOR:
-        statement = _vector_sql(table, space=space, label=label)
+        statement = _vector_sql(table, space=space, label=label, principals=principals)
         limit = k
     else:
-        statement = _hybrid_sql(table, space=space, label=label)
+        statement = _hybrid_sql(table, space=space, label=label, principals=principals)
         limit = candidate_count(k)
     params: dict[str, Any] = {
         "embedding": embedding,
@@ -131,6 +137,7 @@ async def search(
         "candidates": limit,
         "space": space,
         "label": label,
+        "principals": sorted(principals) if principals is not None else None,
         "rrf_k": RRF_K,
         "df_cap": DF_CAP,
         "n_cap": N_CAP,
@@ -143,7 +150,7 @@ async def search(
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             await conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true)",
-                (str(ef_search_for(limit, filtered=bool(space or label))),),
+                (str(ef_search_for(limit, filtered=bool(space or label or principals is not None))),),
             )
             cur = conn.cursor(row_factory=dict_row)
             # Never a cached generic plan: the best plan depends on k and on how common the query words are.
@@ -154,7 +161,9 @@ async def search(
     return [_hit(row) for row in rows]
 
 
-def _filters(alias: str, *, space: str | None, label: str | None) -> sql.Composable:
+def _filters(
+    alias: str, *, space: str | None, label: str | None, principals: frozenset[str] | None = None
+) -> sql.Composable:
     """WHERE conditions for the filters actually given. Composed rather than `(%s IS NULL OR ...)` so that a
     cached generic plan can still use the `space_key` index."""
     a = sql.Identifier(alias)
@@ -163,10 +172,14 @@ def _filters(alias: str, *, space: str | None, label: str | None) -> sql.Composa
         conditions.append(sql.SQL("{a}.metadata_ ->> 'space_key' = %(space)s").format(a=a))
     if label is not None:
         conditions.append(sql.SQL("{a}.metadata_ -> 'labels' ? %(label)s").format(a=a))
+    if principals is not None:  # the permission rule, evaluated per candidate row inside the scan
+        conditions.append(sql.SQL("cv_may_read(%(principals)s::text[], {a}.metadata_ ->> 'ref_doc_id')").format(a=a))
     return sql.SQL(" AND ").join(conditions)
 
 
-def _nearest_cte(table: str, *, space: str | None, label: str | None, limit: str) -> sql.Composed:
+def _nearest_cte(
+    table: str, *, space: str | None, label: str | None, limit: str, principals: frozenset[str] | None = None
+) -> sql.Composed:
     """The semantic ranking both modes start from: the HNSW scan, materialized and re-sorted by the caller
     (the iterative scan's relaxed order is only roughly by distance). `limit` names the bound parameter."""
     return sql.SQL(
@@ -179,12 +192,14 @@ def _nearest_cte(table: str, *, space: str | None, label: str | None, limit: str
         )"""
     ).format(
         t=sql.Identifier(f"data_{table}"),
-        where=_filters("d", space=space, label=label),
+        where=_filters("d", space=space, label=label, principals=principals),
         limit=sql.Placeholder(limit),
     )
 
 
-def _vector_sql(table: str, *, space: str | None, label: str | None) -> sql.Composed:
+def _vector_sql(
+    table: str, *, space: str | None, label: str | None, principals: frozenset[str] | None = None
+) -> sql.Composed:
     return sql.SQL(
         """
         WITH {nearest}
@@ -192,10 +207,15 @@ def _vector_sql(table: str, *, space: str | None, label: str | None) -> sql.Comp
         FROM nearest AS n JOIN {t} AS d ON d.id = n.id
         ORDER BY n.distance, d.id
         """
-    ).format(t=sql.Identifier(f"data_{table}"), nearest=_nearest_cte(table, space=space, label=label, limit="k"))
+    ).format(
+        t=sql.Identifier(f"data_{table}"),
+        nearest=_nearest_cte(table, space=space, label=label, limit="k", principals=principals),
+    )
 
 
-def _hybrid_sql(table: str, *, space: str | None, label: str | None) -> sql.Composed:
+def _hybrid_sql(
+    table: str, *, space: str | None, label: str | None, principals: frozenset[str] | None = None
+) -> sql.Composed:
     return sql.SQL(
         """
         WITH {nearest},
@@ -261,8 +281,8 @@ def _hybrid_sql(table: str, *, space: str | None, label: str | None) -> sql.Comp
         """
     ).format(
         t=sql.Identifier(f"data_{table}"),
-        where=_filters("d", space=space, label=label),
-        nearest=_nearest_cte(table, space=space, label=label, limit="candidates"),
+        where=_filters("d", space=space, label=label, principals=principals),
+        nearest=_nearest_cte(table, space=space, label=label, limit="candidates", principals=principals),
     )
 
 

@@ -19,6 +19,13 @@ from fastapi.routing import APIRoute
 
 from app.errors import DatabaseUnavailable, WebhookRejected
 from app.intake import Delivery
+from app.permission_events import (
+    CONTENT_PERMISSION_EVENTS,
+    SPACE_PERMISSION_EVENTS,
+    SpacePermissionEvent,
+    content_object,
+    space_key_of,
+)
 from app.queue import PageJobRequest
 from app.security import authenticate_webhook, delivery_digest
 
@@ -77,7 +84,7 @@ def normalise_event(name: str) -> str:
     return name
 
 
-def parse_event(body: bytes, event_param: str | None) -> PageEvent | Ignored:
+def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermissionEvent | Ignored:
     """Read a webhook body. Raises WebhookRejected (400 not JSON, 422 no usable page id)."""
     try:
         payload = json.loads(body)
@@ -87,7 +94,19 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | Ignored:
         raise WebhookRejected("body must be a JSON object", status_code=422)
 
     raw_event = payload.get("event") if isinstance(payload.get("event"), str) else event_param
+    if raw_event is None and isinstance(payload.get("eventType"), str):  # Forge product events
+        raw_event = payload["eventType"]
     event = normalise_event(raw_event) if raw_event else ""
+    if event in SPACE_PERMISSION_EVENTS:  # who may read a space changed (app.permission_events)
+        key = space_key_of(payload)
+        if key is None:
+            raise WebhookRejected("space permission event without `space.key`", status_code=422)
+        return SpacePermissionEvent(event, key)
+    if event in CONTENT_PERMISSION_EVENTS:  # a restriction changed: the page job re-reads it (no re-embed)
+        found = content_object(payload)
+        if found is None:
+            raise WebhookRejected("permission event without a `content` (or `page`) object", status_code=422)
+        return PageEvent(event, _page_id(found[0]), found[1])
     if event.startswith(_IGNORED_PREFIXES) or (not event and "comment" in payload and "page" not in payload):
         return Ignored(event or "comment", "not a page or blog post event")
     if event.startswith("label_"):
@@ -194,6 +213,8 @@ async def confluence_webhook(request: Request) -> JSONResponse:
         metrics.webhooks.labels(event or "unknown", f"rejected_{exc.status_code}").inc()
         return JSONResponse({"status": "rejected", "reason": str(exc)}, status_code=exc.status_code)
 
+    if isinstance(parsed, SpacePermissionEvent):
+        return await _space_permission_event(rt, parsed)
     if isinstance(parsed, Ignored):
         metrics.webhooks.labels(parsed.event, "ignored").inc()
         return JSONResponse({"status": "ignored", "reason": parsed.reason}, status_code=200)
@@ -216,3 +237,18 @@ async def confluence_webhook(request: Request) -> JSONResponse:
     if outcome == "duplicate":
         return JSONResponse({"status": "duplicate", "page_id": parsed.page_id}, status_code=200)
     return JSONResponse({"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202)
+
+async def _space_permission_event(rt: Any, parsed: SpacePermissionEvent) -> JSONResponse:
+    """Queue a re-read of the space's read permission; 503 when it cannot be stored (Confluence may retry)."""
+    from app.access_jobs import defer_space_refresh
+
+    try:
+        queued = await defer_space_refresh(rt, parsed.space_key)
+    except Exception:  # never a 202 for unstored work
+        rt.metrics.webhooks.labels(parsed.event, "unavailable").inc()
+        log.exception("cannot store space permission job", extra={"space_key": parsed.space_key})
+        body = {"status": "unavailable", "reason": "the job could not be stored; retry later"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    outcome = "queued" if queued else "duplicate"
+    rt.metrics.webhooks.labels(parsed.event, outcome).inc()
+    return JSONResponse({"status": outcome, "space_key": parsed.space_key, "event": parsed.event}, status_code=202)

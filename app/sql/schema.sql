@@ -48,3 +48,82 @@ CREATE TABLE IF NOT EXISTS cv_deliveries (
     received_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS cv_deliveries_received_idx ON cv_deliveries (received_at);
+
+-- ============================================================================================================
+-- Permission-aware retrieval (see README "Permissions"). The rule, from Atlassian's "Page restrictions" and
+-- "Space permissions" documentation: a person may read a page when they hold the space's view permission
+-- (directly, through a group, or because the space is open to anonymous users) AND, for every piece of content
+-- on the path from the space root to the page (folders included) that carries a read restriction, they are one
+-- of its users or a member of one of its groups. Inherited restrictions intersect; they never widen access.
+--
+-- Principals are text keys: 'user:<Cloud account id | Data Center user key>', 'group:<Cloud group id | Data
+-- Center group name>', 'anyone' (anonymous access; every person holds it) and 'logged-in' (every known person).
+--
+-- Fail closed: a space without a row, or with principals NULL (not established), and a path element without a
+-- row in cv_restrictions, or with restricted NULL (not established), make the page visible to nobody.
+
+-- Who holds the space's read ("view") permission. NULL principals: we could not establish it (see error).
+CREATE TABLE IF NOT EXISTS cv_space_access (
+    space_key   TEXT PRIMARY KEY,
+    principals  TEXT[],
+    error       TEXT,
+    checked_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- The read restriction of one piece of content (page, blog post, folder), shared by every descendant's path.
+-- restricted NULL: not established. principals: who the restriction admits (its users and groups).
+CREATE TABLE IF NOT EXISTS cv_restrictions (
+    content_id  TEXT PRIMARY KEY,
+    restricted  BOOLEAN,
+    principals  TEXT[] NOT NULL DEFAULT '{}',
+    error       TEXT,
+    checked_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- Each indexed page's space and path: every content id from the root down to the page itself, distinct.
+CREATE TABLE IF NOT EXISTS cv_page_access (
+    page_id     TEXT PRIMARY KEY,
+    space_key   TEXT NOT NULL,
+    path        TEXT[] NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS cv_page_access_path_idx ON cv_page_access USING GIN (path);
+CREATE INDEX IF NOT EXISTS cv_page_access_space_idx ON cv_page_access (space_key);
+
+-- May a person holding the principals `viewer` read page `page`? The one definition of the rule in SQL: /search filters
+-- with it inside the HNSW scan, and direct SQL / LlamaIndex readers should too. STABLE, so Postgres evaluates
+-- it per row within one statement's snapshot.
+-- (The parameters are named unlike any column: inside a SQL function a column of the same name would win.)
+CREATE OR REPLACE FUNCTION cv_may_read(viewer TEXT[], page TEXT) RETURNS BOOLEAN
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT EXISTS (
+        SELECT 1
+        FROM cv_page_access AS a
+        JOIN cv_space_access AS s ON s.space_key = a.space_key
+        WHERE a.page_id = page
+          AND s.principals && viewer
+          AND (SELECT count(*) FROM cv_restrictions AS r
+               WHERE r.content_id = ANY (a.path)
+                 AND r.restricted IS NOT NULL
+                 AND (NOT r.restricted OR r.principals && viewer)) = cardinality(a.path)
+    )
+$$;
+
+-- One row per attachment of an indexed page (app/attachments/index.py): the version we last read, what we
+-- extracted (so an unchanged attachment costs no download, extraction or embedding) or why it was skipped
+-- (too large, unsupported type, encrypted, corrupt, no text layer, garbage text...), shown by `status`.
+CREATE TABLE IF NOT EXISTS cv_attachments (
+    page_id       TEXT NOT NULL,
+    attachment_id TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    file_name     TEXT NOT NULL,
+    media_type    TEXT NOT NULL,
+    size_bytes    BIGINT,
+    status        TEXT NOT NULL CHECK (status IN ('indexed', 'skipped')),
+    reason        TEXT,
+    detail        TEXT,
+    markdown      TEXT,
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (page_id, attachment_id)
+);
+CREATE INDEX IF NOT EXISTS cv_attachments_skipped_idx ON cv_attachments (status) WHERE status = 'skipped';

@@ -132,6 +132,8 @@ def service_env(*, database_url: str, confluence: Any, ollama: Any, data_dir: Pa
             "DEDUPE_WINDOW_SECONDS": "0",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
+            # Searches that name no person see the whole index, as before issue 12; permission tests unset it.
+            "SEARCH_SERVICE_IDENTITY": "service-account",
         }
     )
     if confluence.deployment == "cloud":

@@ -1,4 +1,4 @@
-"""Both products end to end, and restricted pages kept out of the index."""
+"""Both products end to end, and restricted pages indexed with their restrictions recorded."""
 
 from __future__ import annotations
 
@@ -42,22 +42,30 @@ def test_data_center_blogpost(api: Api, confluence: FakeConfluence, db: Db) -> N
     assert db.rows("5002")[0][1]["content_type"] == "blogpost"
 
 
-def test_restricted_pages_are_not_indexed_and_leave_when_restricted(
-    api: Api, confluence: FakeConfluence, db: Db
+def test_restricted_pages_are_indexed_with_their_restriction_recorded(
+    api: Api, confluence: FakeConfluence, db: Db, db_url: str
 ) -> None:
+    """Issue 12: restricted pages are indexed, and who their restriction admits is recorded for the query-time
+    filter (tests/e2e/test_permissions_e2e.py checks what each person then finds)."""
     confluence.put_page("5003", title="Salaries", body=page_body(1, 2, seed="secret"), space_key="ENG", restricted=True)
     api.webhook({"event": "page_created", "page": {"id": 5003}})
-    wait_until(lambda: (db.state("5003") or {}).get("status") == "skipped", what="restricted page skipped")
-    assert db.rows("5003") == []
-    assert "restriction" in (db.state("5003") or {}).get("reason", "")
+    wait_until(lambda: indexed(db, "5003"), what="restricted page indexed")
+    assert db.rows("5003") != []
+    assert _restriction(db_url, "5003") == (True, ["user:restricted-owner"])
 
-    confluence.put_page("5004", title="Team page", body=page_body(1, 2), space_key="ENG")
-    api.webhook({"event": "page_created", "page": {"id": 5004}})
-    wait_until(lambda: indexed(db, "5004"), what="open page indexed")
-    confluence.set_restricted("5004", True)
-    api.webhook({"event": "page_updated", "page": {"id": 5004}})
-    wait_until(lambda: db.rows("5004") == [], what="newly restricted page removed")
-    assert (db.state("5004") or {}).get("status") == "skipped"
+    confluence.set_restricted("5003", False)
+    api.webhook({"event": "page_updated", "page": {"id": 5003}})
+    wait_until(lambda: _restriction(db_url, "5003") == (False, []), what="lifted restriction recorded")
+
+
+def _restriction(db_url: str, content_id: str) -> tuple[bool | None, list[str]] | None:
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT restricted, principals FROM cv_restrictions WHERE content_id = %s", (content_id,)
+        ).fetchone()
+    return (row[0], list(row[1])) if row else None
 
 
 def test_bad_credentials_fail_fast_and_say_which_setting(

@@ -1,0 +1,260 @@
+"""Keeping the access records current: at index time, on permission events, and on a schedule.
+
+No function here embeds anything: access lives in its own tables (`app.access`), so re-evaluating a page, a
+subtree or a space rewrites a few small rows. A restriction change on a page is one `cv_restrictions` row that
+every descendant's path already names, so the whole subtree follows at once.
+
+Failures fail closed: whatever could not be read is recorded as not established (visible to nobody), and the
+scheduled sync (`PERMISSION_SYNC_INTERVAL`) re-reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from procrastinate import JobContext
+from procrastinate import exceptions as pexc
+
+from app import access
+from app.access import PageAccess, Restriction, SpaceAccess
+from app.errors import RetryableError
+from app.models import Page
+from app.permissions_client import AccessUnavailable, PermissionsClient, restriction_unknown, space_unknown
+from app.queue import MAINTENANCE_QUEUE, tasks
+from app.runtime import Runtime, current
+
+log = logging.getLogger(__name__)
+
+REFRESH_SPACE = "cv:refresh_space_access"
+PERMISSION_SYNC_STATE = "permission_sync"
+
+
+def permissions(rt: Runtime) -> PermissionsClient:
+    """The process's permission client (one per runtime, so its membership cache is shared)."""
+    client = rt.extra.get("permissions")
+    if not isinstance(client, PermissionsClient):
+        client = PermissionsClient(
+            rt.confluence,
+            membership_ttl=float(rt.settings.permission_sync_interval),
+            max_people=rt.settings.permission_people_cache,
+        )
+        rt.extra["permissions"] = client
+    return client
+
+
+@dataclass(frozen=True, slots=True)
+class AccessOutcome:
+    """What recording a page's access found: `established` False means the page is hidden from everyone."""
+
+    established: bool
+    error: str | None = None
+    path_changed: bool = False
+
+
+async def record_page_access(rt: Runtime, page: Page) -> AccessOutcome:
+    """Read and store who may read `page`: its space, its path, and the restriction of every id on the path.
+
+    The page's own restriction is always read fresh (an edit or a permission event brought us here); an
+    ancestor's or the space's is re-read when its record is older than `PERMISSION_SYNC_INTERVAL`, since
+    events and the scheduled sync keep those current. When the path changed (a move), the stored paths of the
+    page's descendants are rewritten to match, without any call to Confluence.
+
+    Raises RetryableError after recording the page as not established, so the job is retried; other failures
+    are recorded and reported in the outcome (the content is still indexed, and shown once access is known).
+    """
+    client = permissions(rt)
+    try:
+        path = await client.path(page.id, page.content_type)
+    except (AccessUnavailable, RetryableError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        async with rt.pool.connection() as conn, conn.transaction():
+            previous = await _stored_path(conn, page.id)
+            await access.save_restrictions(conn, [restriction_unknown(page.id, error)])
+            await access.save_page_access(conn, PageAccess(page.id, page.space_key, tuple(previous or (page.id,))))
+        log.warning("page path not established; hidden from everyone", extra={"page_id": page.id, "error": error})
+        if isinstance(exc, RetryableError):
+            raise
+        return AccessOutcome(False, error)
+
+    errors: list[str] = []
+    transient: RetryableError | None = None
+    space_stale, stale = await _stale_parts(rt, page.space_key, path[:-1])
+    space_access: SpaceAccess | None = None
+    if space_stale:
+        try:
+            space_access = await client.space_access(page.space_key)
+        except (AccessUnavailable, RetryableError) as exc:
+            transient = exc if isinstance(exc, RetryableError) else transient
+            errors.append(f"{type(exc).__name__}: {exc}")
+            space_access = space_unknown(page.space_key, errors[-1])
+    restrictions: list[Restriction] = []
+    for content_id in [*stale, page.id]:
+        try:
+            restrictions.append(await client.restriction(content_id))
+        except (AccessUnavailable, RetryableError) as exc:
+            transient = exc if isinstance(exc, RetryableError) else transient
+            errors.append(f"{type(exc).__name__}: {exc}")
+            restrictions.append(restriction_unknown(content_id, errors[-1]))
+
+    async with rt.pool.connection() as conn, conn.transaction():
+        previous = await _stored_path(conn, page.id)
+        if space_access is not None:
+            await access.save_space(conn, space_access)
+        await access.save_restrictions(conn, restrictions)
+        await access.save_page_access(conn, PageAccess(page.id, page.space_key, path))
+        moved = previous is not None and tuple(previous) != path
+        if moved:
+            await _rewrite_descendant_paths(conn, page.id, path, page.space_key)
+    if errors:
+        log.warning("page access not established; hidden from everyone", extra={"page_id": page.id, "error": errors})
+    if transient is not None:
+        raise transient
+    return AccessOutcome(not errors, "; ".join(errors) or None, moved)
+
+
+async def _stored_path(conn: Any, page_id: str) -> list[str] | None:
+    cur = await conn.execute("SELECT path FROM cv_page_access WHERE page_id = %s", (page_id,))
+    row = await cur.fetchone()
+    return list(row[0]) if row else None
+
+
+async def _rewrite_descendant_paths(conn: Any, page_id: str, path: tuple[str, ...], space_key: str) -> None:
+    """Descendants keep their path below `page_id` and take its new path above (and its space)."""
+    await conn.execute(
+        """UPDATE cv_page_access
+           SET path = %(path)s::text[] || path[array_position(path, %(id)s) + 1:],
+               space_key = %(space)s, updated_at = now()
+           WHERE path @> ARRAY[%(id)s]::text[] AND page_id <> %(id)s""",
+        {"path": list(path), "id": page_id, "space": space_key},
+    )
+
+
+async def _stale_parts(rt: Runtime, space_key: str, ancestor_ids: tuple[str, ...]) -> tuple[bool, list[str]]:
+    """Whether the space needs reading, and which ancestors' restrictions do (missing, unknown or old)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=rt.settings.permission_sync_interval)
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT 1 FROM cv_space_access WHERE space_key = %s AND principals IS NOT NULL AND checked_at >= %s",
+            (space_key, cutoff),
+        )
+        space_fresh = await cur.fetchone() is not None
+        cur = await conn.execute(
+            """SELECT content_id FROM cv_restrictions
+               WHERE content_id = ANY (%s) AND restricted IS NOT NULL AND checked_at >= %s""",
+            (list(ancestor_ids), cutoff),
+        )
+        fresh = {str(r[0]) for r in await cur.fetchall()}
+    return not space_fresh, [i for i in ancestor_ids if i not in fresh]
+
+
+async def refresh_space(rt: Runtime, space_key: str) -> SpaceAccess:
+    """Re-read one space's permissions now; recorded as not established (hiding the space) on failure."""
+    try:
+        space = await permissions(rt).space_access(space_key)
+    except (AccessUnavailable, RetryableError) as exc:
+        space = space_unknown(space_key, f"{type(exc).__name__}: {exc}")
+    async with rt.pool.connection() as conn, conn.transaction():
+        await access.save_space(conn, space)
+    return space
+
+
+async def refresh_restrictions(rt: Runtime, content_ids: list[str]) -> list[Restriction]:
+    """Re-read these contents' own restrictions now; each unreadable one is recorded as not established."""
+    client = permissions(rt)
+    found: list[Restriction] = []
+    for content_id in content_ids:
+        try:
+            found.append(await client.restriction(content_id))
+        except (AccessUnavailable, RetryableError) as exc:
+            found.append(restriction_unknown(content_id, f"{type(exc).__name__}: {exc}"))
+    async with rt.pool.connection() as conn, conn.transaction():
+        await access.save_restrictions(conn, found)
+    return found
+
+
+@dataclass
+class SyncReport:
+    spaces: int = 0
+    restrictions: int = 0
+    not_established: int = 0
+
+
+async def sync_permissions(rt: Runtime) -> SyncReport:
+    """Re-read every space permission and every restriction on an indexed path; drop cached membership.
+
+    Catches what no event reports: membership changes (neither product sends an event), missed webhooks,
+    and anything left not established by an earlier failure.
+    """
+    permissions(rt).forget_people()
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT space_key FROM cv_page_access UNION SELECT space_key FROM cv_space_access ORDER BY 1"
+        )
+        spaces = [str(r[0]) for r in await cur.fetchall()]
+        cur = await conn.execute("SELECT DISTINCT unnest(path) FROM cv_page_access ORDER BY 1")
+        contents = [str(r[0]) for r in await cur.fetchall()]
+    report = SyncReport(spaces=len(spaces), restrictions=len(contents))
+    for space_key in spaces:
+        if (await refresh_space(rt, space_key)).principals is None:
+            report.not_established += 1
+    for start in range(0, len(contents), 100):
+        batch = await refresh_restrictions(rt, contents[start : start + 100])
+        report.not_established += sum(1 for r in batch if r.restricted is None)
+    async with rt.pool.connection() as conn:
+        await conn.execute(
+            """INSERT INTO cv_state (key, value) VALUES (%s, jsonb_build_object('finished_at', now()))
+               ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
+            (PERMISSION_SYNC_STATE,),
+        )
+    log.info("permission sync", extra={"spaces": report.spaces, "restrictions": report.restrictions})
+    return report
+
+
+async def permission_sync_due(rt: Runtime) -> bool:
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT (value ->> 'finished_at')::timestamptz FROM cv_state WHERE key = %s", (PERMISSION_SYNC_STATE,)
+        )
+        row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return True
+    finished: datetime = row[0]
+    return datetime.now(UTC) - finished >= timedelta(seconds=rt.settings.permission_sync_interval)
+
+
+async def defer_space_refresh(rt: Runtime, space_key: str) -> bool:
+    """Queue a re-read of one space's permissions (coalesced with one already waiting)."""
+    try:
+        await rt.queue.configure_task(
+            REFRESH_SPACE, queue=MAINTENANCE_QUEUE, queueing_lock=f"space-access:{space_key}"
+        ).defer_async(space_key=space_key)
+    except pexc.AlreadyEnqueued:
+        return False
+    return True
+
+
+@tasks.task(name="refresh_space_access", queue=MAINTENANCE_QUEUE)
+async def refresh_space_access_job(space_key: str) -> dict[str, Any]:
+    """A space permission event: re-read that space now. Its pages follow through `cv_space_access`."""
+    space = await refresh_space(current(), space_key)
+    return {"space_key": space_key, "established": space.principals is not None}
+
+
+@tasks.periodic(cron="* * * * *", periodic_id="permission_sync")
+@tasks.task(name="permission_sync", queue=MAINTENANCE_QUEUE, pass_context=True, lock="permission_sync")
+async def permission_sync_job(context: JobContext, timestamp: int) -> dict[str, Any]:
+    """Every minute, on one worker: run the permission sync when `PERMISSION_SYNC_INTERVAL` has passed."""
+    rt = current()
+    if not await permission_sync_due(rt):
+        return {"ran": False}
+    report = await sync_permissions(rt)
+    return {"ran": True, "spaces": report.spaces, "restrictions": report.restrictions}
+
+
+async def forget_page_access(rt: Runtime, page_id: str) -> None:
+    """The page left the index: its access record goes too (its restriction row may still serve others)."""
+    async with rt.pool.connection() as conn:
+        await access.forget_page(conn, page_id)

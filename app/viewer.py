@@ -1,0 +1,56 @@
+"""Who a search answers as: the person a trusted caller names, resolved to their principal set.
+
+The API token authenticates the calling application, not a person; the application names the person it acts
+for (header `X-Confluence-User`, a Cloud account id or a Data Center username). Without one, a search is
+refused unless the operator set `SEARCH_SERVICE_IDENTITY`: a person's id (every unnamed search answers as
+them), or `service-account`, the indexing account's own, unfiltered view (everything indexed; only for
+deployments whose every caller may see all of it).
+"""
+
+from __future__ import annotations
+
+from app.access_jobs import permissions
+from app.errors import ConfluenceVectorsError, PermanentError, RetryableError
+from app.permissions_client import AccessUnavailable, UnknownPerson
+from app.runtime import Runtime
+
+HEADER = "X-Confluence-User"
+SERVICE_ACCOUNT = "service-account"
+MAX_IDENTITY_CHARS = 255
+
+
+class PersonRequired(PermanentError):
+    """No person named, and no SEARCH_SERVICE_IDENTITY configured."""
+
+
+class PersonUnknown(PermanentError):
+    """The named person is not known to Confluence."""
+
+
+class PersonUnavailable(RetryableError):
+    """The person's group membership cannot be read from Confluence now."""
+
+
+async def viewer_principals(rt: Runtime, identity: str | None) -> frozenset[str] | None:
+    """The principal set to search with; None only for the explicit `service-account` identity.
+
+    Raises PersonRequired (no identity), PersonUnknown, PersonUnavailable (Confluence refused or is down:
+    we cannot know what they may read, so we answer nothing rather than guess).
+    """
+    named = (identity or "").strip() or (rt.settings.search_service_identity or "").strip()
+    if not named:
+        raise PersonRequired(
+            f"name the person this search is for in the {HEADER} header (Cloud account id or Data Center "
+            "username), or configure SEARCH_SERVICE_IDENTITY"
+        )
+    if len(named) > MAX_IDENTITY_CHARS or "\x00" in named:
+        raise PersonUnknown("the person's identity is not a valid Confluence user id")
+    if named == SERVICE_ACCOUNT:
+        return None
+    try:
+        person = await permissions(rt).person(named)
+    except UnknownPerson as exc:
+        raise PersonUnknown(str(exc)) from exc
+    except (AccessUnavailable, ConfluenceVectorsError) as exc:
+        raise PersonUnavailable(f"cannot read the person's groups from Confluence: {exc}") from exc
+    return person.principals
