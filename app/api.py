@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.config import Settings
+from app.mcp_server import mount_http as mount_mcp
 from app.queue import run_worker_forever
 from app.routes_search import router as search_router
 from app.runtime import Runtime
@@ -41,7 +42,8 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
         if worker:
             worker_task = asyncio.create_task(run_worker_forever(runtime.queue, settings, name="serve-worker"))
         try:
-            yield
+            async with mcp_sessions.run():  # the MCP transport's task group (mcp SDK: mounting in another app)
+                yield
         finally:
             if worker_task is not None:
                 worker_task.cancel()
@@ -57,6 +59,7 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
     )
     app.include_router(webhook_router)
     app.include_router(search_router)
+    mcp_sessions = mount_mcp(app, lambda: app.state.runtime, bind_host=bind_host)  # /mcp, same token as /search
 
     @app.get("/healthz", summary="Process is alive")
     async def healthz() -> dict[str, str]:

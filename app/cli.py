@@ -210,6 +210,19 @@ def search(
     print_results(hits, console)
 
 
+@cli.command()
+def mcp(
+    as_person: Annotated[
+        str | None, typer.Option("--as", help="The person searches run for (account id, username or email).")
+    ] = None,
+) -> None:
+    """Serve the index to an assistant over MCP on stdin/stdout (desktop assistants start this command)."""
+    from app.mcp_server import stdio_server
+
+    settings = _settings()
+    stdio_server(settings, person=as_person).run("stdio")
+
+
 async def _with_runtime(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
     from app.runtime import Runtime
 

@@ -15,10 +15,14 @@ heading path so the outline survives.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 HEADER_SEPARATOR = " > "  # app.chunking.HEADER_SEPARATOR, repeated to keep this module import-light
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")  # CommonMark fences, as app.chunking reads them
+_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")  # a GFM table's delimiter row
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,30 +84,73 @@ def overlap_length(previous: str, following: str) -> int:
 def assemble(chunks: Sequence[Chunk], *, overlap: bool) -> PageText:
     """The page's Markdown from its chunks in reading order. `overlap=False` (CHUNK_OVERLAP=0) keeps every
     chunk whole: with no overlap configured, a chunk that starts like its predecessor ends is content."""
-    parts: list[str] = []
-    sections: list[Section] = []
-    length = 0
-    previous: Chunk | None = None
+    groups: list[tuple[str, list[str]]] = []  # (heading path, chunk texts) per run of one section
     for chunk in chunks:
-        same_section = previous is not None and previous.header_path == chunk.header_path
-        text = chunk.text
-        if same_section and previous is not None:
-            cut = overlap_length(previous.text, text) if overlap else 0
-            addition = text[cut:] if cut else "\n\n" + text
-            parts.append(addition)
-            length += len(addition)
-            sections[-1] = Section(sections[-1].header_path, sections[-1].start, length)
+        if groups and groups[-1][0] == chunk.header_path:
+            groups[-1][1].append(chunk.text)
         else:
-            if chunk.header_path and not text.lstrip().startswith("#"):
-                names = chunk.header_path.split(HEADER_SEPARATOR)
-                text = f"{'#' * min(6, len(names))} {names[-1]}\n\n{text}"
-            separator = "\n\n" if parts else ""
-            parts.append(separator + text)
-            start = length + len(separator)
-            length += len(separator) + len(text)
-            sections.append(Section(chunk.header_path, start, length))
-        previous = chunk
-    return PageText("".join(parts), tuple(sections))
+            groups.append((chunk.header_path, [chunk.text]))
+    text = ""
+    sections: list[Section] = []
+    for header_path, texts in groups:
+        body = texts[0]
+        for previous, following in itertools.pairwise(texts):
+            cut = overlap_length(previous, following) if overlap else 0
+            body += following[cut:] if cut else "\n\n" + following
+        body = rejoin_split_blocks(body)
+        if header_path and not body.lstrip().startswith("#"):
+            # The chunker leaves a heading out when it cannot share a chunk with the section's first block;
+            # restore it from the path (its level is the path's depth: the original level is not stored).
+            names = header_path.split(HEADER_SEPARATOR)
+            body = f"{'#' * min(6, len(names))} {names[-1]}\n\n{body}"
+        if text:
+            text += "\n\n"
+        sections.append(Section(header_path, len(text), len(text) + len(body)))
+        text += body
+    return PageText(text, tuple(sections))
+
+
+def rejoin_split_blocks(text: str) -> str:
+    """Undo the chunker's splitting of oversized blocks: it closes a code block's fence and re-opens it with the
+    same info string for each piece, and repeats a table's header rows; pieces are separated by a blank line.
+    A piece that resumes the block just closed is joined back to it. (Two genuinely separate, adjacent code
+    blocks with the same info string, or tables with the same header, are joined too: their text is the same
+    either way, only the boundary is lost.)"""
+    lines = text.split("\n")
+    out: list[str] = []
+    opening: str | None = None  # the fence line of the code block being read
+    table_head: list[str] = []  # header and delimiter row of the table being read
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        fence = _FENCE.match(line)
+        if opening is None and fence:
+            opening, table_head = line, []
+            out.append(line)
+        elif opening is not None and fence and not fence[2].strip() and line.strip()[0] == opening.strip()[0]:
+            if lines[i + 1 : i + 3] == ["", opening]:  # closed, then re-opened identically: one block
+                i += 3
+                continue
+            opening = None
+            out.append(line)
+        elif opening is None and line.lstrip().startswith("|"):
+            if not _is_row(out) and i + 1 < len(lines) and _RULE.match(lines[i + 1]):
+                table_head = [line, lines[i + 1]]
+            out.append(line)
+            resumes = i + 4 < len(lines) and lines[i + 4].lstrip().startswith("|")
+            if table_head and resumes and lines[i + 1 : i + 4] == ["", *table_head]:  # blank, header again
+                i += 4
+                continue
+        else:
+            if opening is None and not line.lstrip().startswith("|"):
+                table_head = []
+            out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+def _is_row(out: list[str]) -> bool:
+    return bool(out) and out[-1].lstrip().startswith("|")
 
 
 @dataclass(frozen=True, slots=True)
