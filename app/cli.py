@@ -98,6 +98,8 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        if signalled:  # a signal arrived while the runtime was opening
+            task.cancel()
         try:
             await task
         except asyncio.CancelledError:
@@ -140,8 +142,6 @@ def sync(
     all_spaces: Annotated[bool, typer.Option("--all", help="Every space the credentials can see.")] = False,
     restart: Annotated[bool, typer.Option(help="Ignore a saved cursor and start over.")] = False,
 ) -> None:
-        if signalled:  # a signal arrived while the runtime was opening
-            task.cancel()
     """Backfill: enqueue every page and blog post of the spaces (unchanged pages cost nothing)."""
     from app.sync import backfill
 
