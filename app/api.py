@@ -15,12 +15,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
+from app.api_auth import require_api_token
 from app.config import Settings
 from app.mcp_server import mount_http as mount_mcp
 from app.queue import run_worker_forever
 from app.routes_search import router as search_router
 from app.runtime import Runtime
-from app.security import require_api_token
 from app.status import status_report
 from app.webhook import router as webhook_router
 

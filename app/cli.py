@@ -58,7 +58,7 @@ def serve(
     import uvicorn
 
     from app.api import create_app
-    from app.security import is_loopback
+    from app.api_auth import is_loopback
 
     settings = _settings()
     if settings.api_token is None and not is_loopback(host):

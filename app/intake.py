@@ -28,9 +28,9 @@ from typing import Any, Literal
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from app.deliveries import recently_seen, remember_deliveries
 from app.metrics import Metrics
 from app.queue import PageJobRequest, defer_pages, in_deferral_transaction
-from app.security import recently_seen, remember_deliveries
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import psycopg
 from procrastinate import JobContext
 from procrastinate.jobs import Job
 
+from app.deliveries import prune_deliveries
 from app.errors import DatabaseUnavailable, PermanentError
 from app.pipeline import process_page
 from app.queue import (
@@ -36,7 +37,6 @@ from app.queue import (
 )
 from app.retry import Backoff
 from app.runtime import Runtime, current
-from app.security import prune_deliveries
 from app.vector_store import FailureRecord
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,44 @@
-"""Prometheus metrics, one registry per runtime (so tests can run several services in one process)."""
+"""Prometheus metrics, one registry per runtime (so tests can run several services in one process).
+
+Label values never come straight from a request. Every distinct label value is a new time series held in
+memory for the life of the process and sent on every scrape (Prometheus docs, "Instrumentation: Use
+labels" and "Metric and label naming": do not use labels for unbounded values), and `/webhook/confluence`
+is reachable without credentials when no secret is configured. So an event name is reported only if it is
+one Confluence sends (`WEBHOOK_EVENTS`); anything else is `other`, and a request that names none `unknown`.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+#: Event names Confluence sends (Atlassian, "Confluence Cloud webhooks" event list and Connect's
+#: `avi:confluence:<action>:<type>` names as `app.webhook.normalise_event` spells them; Data Center's
+#: "Managing webhooks" event list), after normalisation. The label set of `cv_webhooks_total` is at most
+#: these, `other` and `unknown`, times the outcomes.
+WEBHOOK_EVENTS = frozenset(
+    [f"page_{a}" for a in ("created", "updated", "trashed", "restored", "removed", "moved", "copied", "archived",
+                           "unarchived", "children_reordered", "permissions_updated", "restrictions_updated")]
+    + [f"{t}_{a}" for t in ("blog", "blogpost")
+       for a in ("created", "updated", "trashed", "restored", "removed", "moved", "permissions_updated",
+                 "restrictions_updated")]
+    + [f"comment_{a}" for a in ("created", "updated", "removed")]
+    + [f"attachment_{a}" for a in ("created", "updated", "trashed", "restored", "removed", "archived", "unarchived")]
+    + [f"label_{a}" for a in ("added", "removed", "created", "deleted")]
+    + [f"space_{a}" for a in ("created", "updated", "removed", "permissions_updated", "logo_updated")]
+    + [f"user_{a}" for a in ("created", "removed", "deactivated", "reactivated", "followed")]
+    + [f"group_{a}" for a in ("created", "removed")]
+    + ["content_permissions_updated", "content_restrictions_updated", "theme_enabled", "login", "logout"]
+)  # fmt: skip
+
+
+def event_label(name: str | None) -> str:
+    """The `event` label value for a webhook event name: itself if Confluence sends it, else `other`
+    (`unknown` when there is none). Bounded: at most len(WEBHOOK_EVENTS) + 2 values, whatever is sent."""
+    if not name:
+        return "unknown"
+    return name if name in WEBHOOK_EVENTS else "other"
 
 
 class Metrics:
@@ -33,6 +67,11 @@ class Metrics:
             registry=r,
         )
         self.pages = Gauge("cv_pages", "Pages in the state table by status", ["status"], registry=r)
+
+    def webhook(self, event: str | None, outcome: str) -> None:
+        """Count one webhook request. `event` may be anything a caller sent: it is allow-listed here
+        (`event_label`); `outcome` must come from our own fixed vocabulary (queued, duplicate, rejected_4xx...)."""
+        self.webhooks.labels(event_label(event), outcome).inc()
 
     def confluence_retry(self, status: int, wait: float) -> None:
         """Hook given to the Confluence client: counts 429s, 5xx and network retries."""

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
+from app.api_auth import require_api_token
 from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
 from app.search import SearchHit, SearchMode, search
-from app.security import require_api_token
 from app.viewer import HEADER, MAX_IDENTITY_CHARS, PersonRequired, PersonUnavailable, PersonUnknown, viewer_principals
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
+from app.deliveries import delivery_digest
 from app.errors import DatabaseUnavailable, WebhookRejected
 from app.intake import Delivery
 from app.permission_events import (
@@ -27,7 +29,7 @@ from app.permission_events import (
     space_key_of,
 )
 from app.queue import PageJobRequest
-from app.security import authenticate_webhook, delivery_digest
+from app.webhook_auth import authenticate_webhook
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ router = APIRouter(route_class=_DirectRoute)
 _IGNORED_PREFIXES = ("comment_", "attachment_", "space_", "user_", "group_", "theme_", "login", "logout")
 _CONTENT_KEYS = (("page", "page"), ("blogpost", "blogpost"), ("blog", "blogpost"))
 _MAX_ID_LENGTH = 32
+#: What an event name may hold once normalised: Confluence's are `page_updated`, Connect's `avi:...` forms.
+_EVENT_NAME = re.compile(r"[a-z0-9_:.\-]{1,100}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,10 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermis
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WebhookRejected(f"body is not JSON: {exc}", status_code=400) from exc
+    except ValueError as exc:  # int() refuses over sys.get_int_max_str_digits() digits (4,300; CVE-2020-10735)
+        raise WebhookRejected("body is not usable JSON: a number has too many digits", status_code=400) from exc
+    except RecursionError as exc:  # json's scanner recurses once per nested array or object
+        raise WebhookRejected("body is not usable JSON: nested too deeply", status_code=400) from exc
     if not isinstance(payload, dict):
         raise WebhookRejected("body must be a JSON object", status_code=422)
 
@@ -97,6 +105,10 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermis
     if raw_event is None and isinstance(payload.get("eventType"), str):  # Forge product events
         raw_event = payload["eventType"]
     event = normalise_event(raw_event) if raw_event else ""
+    if event and not _EVENT_NAME.fullmatch(event):  # it becomes a job argument and a log field
+        raise WebhookRejected(
+            f"event name must be at most {_EVENT_MAX} letters, digits or `_:.-` characters", status_code=422
+        )
     if event in SPACE_PERMISSION_EVENTS:  # who may read a space changed (app.permission_events)
         key = space_key_of(payload)
         if key is None:
@@ -126,15 +138,27 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermis
 
 
 def _page_id(content: dict[str, Any]) -> str:
+    """The content id as a canonical string of ASCII digits, at most `_MAX_ID_LENGTH` of them whether it came
+    as a JSON number (Data Center, Connect) or a string (Cloud REST). Raises WebhookRejected(422) otherwise.
+
+    `str.isdigit` alone is not enough: it accepts `²` and Arabic-Indic digits, which no Confluence id holds.
+    The number's size is checked before it is turned into text, so a huge integer costs nothing.
+    """
     value = content.get("id", content.get("idAsString"))
     if isinstance(value, bool) or value is None:
         raise WebhookRejected("`page.id` is missing", status_code=422)
     if isinstance(value, int):
         if value <= 0:
             raise WebhookRejected("`page.id` must be positive", status_code=422)
+        if value >= 10**_MAX_ID_LENGTH:
+            raise WebhookRejected(f"`page.id` is longer than {_MAX_ID_LENGTH} digits", status_code=422)
         return str(value)
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= _MAX_ID_LENGTH:
-        return value.strip().lstrip("0") or "0"
+    if isinstance(value, str):
+        digits = value.strip()
+        if len(digits) > _MAX_ID_LENGTH:
+            raise WebhookRejected(f"`page.id` is longer than {_MAX_ID_LENGTH} digits", status_code=422)
+        if digits.isascii() and digits.isdigit():
+            return digits.lstrip("0") or "0"
     raise WebhookRejected("`page.id` must be a number or a string of digits", status_code=422)
 
 
@@ -210,22 +234,24 @@ async def confluence_webhook(request: Request) -> JSONResponse:
         authenticate_webhook(body, request.headers, token, settings)
         parsed = parse_event(body, event)
     except WebhookRejected as exc:
-        metrics.webhooks.labels(event or "unknown", f"rejected_{exc.status_code}").inc()
+        metrics.webhook(normalise_event(event) if event else None, f"rejected_{exc.status_code}")
         return JSONResponse({"status": "rejected", "reason": str(exc)}, status_code=exc.status_code)
 
     if isinstance(parsed, SpacePermissionEvent):
         return await _space_permission_event(rt, parsed)
     if isinstance(parsed, Ignored):
-        metrics.webhooks.labels(parsed.event, "ignored").inc()
+        metrics.webhook(parsed.event, "ignored")
         return JSONResponse({"status": "ignored", "reason": parsed.reason}, status_code=200)
 
+    url_event = normalise_event(event) if event else None  # part of the dedupe key (app.deliveries)
     delivery = Delivery(
-        PageJobRequest(parsed.page_id, parsed.content_type, parsed.event), delivery_digest(body, request.headers)
+        PageJobRequest(parsed.page_id, parsed.content_type, parsed.event),
+        delivery_digest(body, request.headers, url_event),
     )
     try:
         outcome = await rt.intake.submit(delivery)
     except Exception as exc:  # never a 202 for unstored work
-        metrics.webhooks.labels(parsed.event, "unavailable").inc()
+        metrics.webhook(parsed.event, "unavailable")
         if isinstance(exc, DatabaseUnavailable):
             log.error("cannot store webhook job", extra={"page_id": parsed.page_id, "error": str(exc)})
             reason = "the job queue is unreachable; retry later"
@@ -233,7 +259,7 @@ async def confluence_webhook(request: Request) -> JSONResponse:
             log.exception("cannot store webhook job", extra={"page_id": parsed.page_id})
             reason = f"the job could not be stored ({type(exc).__name__})"
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503, headers={"Retry-After": "5"})
-    metrics.webhooks.labels(parsed.event, outcome).inc()
+    metrics.webhook(parsed.event, outcome)
     if outcome == "duplicate":
         return JSONResponse({"status": "duplicate", "page_id": parsed.page_id}, status_code=200)
     return JSONResponse({"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202)

@@ -11,16 +11,11 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
+from app.api_auth import configure_exposure, require_api_token
 from app.config import Settings
+from app.deliveries import prune_deliveries, recently_seen, remember_deliveries
 from app.errors import EmbeddingUnavailable
 from app.routes_search import router
-from app.security import (
-    configure_exposure,
-    prune_deliveries,
-    recently_seen,
-    remember_deliveries,
-    require_api_token,
-)
 from tests.conftest import make_settings
 from tests.integration.test_search import load_corpus
 from tests.unit._embed import FakeQueryEmbedder

@@ -1,4 +1,5 @@
-"""Webhook signatures and tokens, the authentication matrix, delivery digests, loopback detection."""
+"""Webhook signatures and tokens (app.credentials, app.webhook_auth), the authentication matrix, delivery
+digests (app.deliveries), loopback detection (app.api_auth)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,10 @@ import hmac
 import pytest
 
 from app.errors import WebhookRejected
-from app.security import (
-    authenticate_webhook,
-    delivery_digest,
-    is_loopback,
-    signature_for,
-    verify_signature,
-    verify_token,
-)
+from app.api_auth import is_loopback
+from app.credentials import signature_for, verify_signature, verify_token
+from app.deliveries import delivery_digest
+from app.webhook_auth import authenticate_webhook
 from tests.conftest import make_settings
 
 BODY = b'{"event":"page_updated","page":{"id":123}}'
@@ -141,10 +138,22 @@ def test_digest_prefers_atlassian_delivery_id() -> None:
 
 def test_digest_falls_back_to_body_hash() -> None:
     plain = delivery_digest(BODY, {})
-    assert plain == "body:" + hashlib.sha256(BODY).hexdigest()
+    assert plain == "body:" + hashlib.sha256(b"0:" + BODY).hexdigest()  # no URL event: an empty scope
     assert delivery_digest(BODY, {"X-Request-Id": "r1"}) == plain  # proxies stamp these per hop
     assert delivery_digest(BODY, {"X-Atlassian-Webhook-Identifier": "  "}) == plain
     assert delivery_digest(BODY + b"x", {}) != plain
+
+
+def test_digest_includes_the_url_event() -> None:
+    """Cloud registers one hook per event and its bodies do not name the event: the same body under
+    `?event=page_moved` after `?event=page_updated` is another delivery, not a duplicate (issue 10)."""
+    updated = delivery_digest(BODY, {}, "page_updated")
+    assert updated == delivery_digest(BODY, {}, "page_updated")  # a re-delivery is still recognised
+    assert updated != delivery_digest(BODY, {}, "page_moved") != delivery_digest(BODY, {})
+    with_id = {"X-Atlassian-Webhook-Identifier": "abc-1"}
+    assert delivery_digest(BODY, with_id, "page_updated") != delivery_digest(BODY, with_id, "page_moved")
+    # the event cannot be smuggled across the boundary between event and body
+    assert delivery_digest(b"\x00" + BODY, {}, "a") != delivery_digest(BODY, {}, "a\x00")
 
 
 def test_digest_is_bounded_whatever_the_header_size() -> None:

@@ -1,0 +1,117 @@
+"""Who may read wiki content over HTTP: the API bearer token, or loopback when no token is configured.
+
+Guards every endpoint that returns page text (`/search`, `/status`, the MCP app). The token check is
+`app.credentials.verify_token` (constant time); refusals say why, never with the presented value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, HTTPException, Request
+
+from app.config import Settings
+from app.credentials import verify_token
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, `localhost`, or `[v6]`) is only reachable from this machine.
+
+    `0.0.0.0`, `::` and any other name are not: binding them exposes the service to the network.
+    """
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host.split("%", 1)[0]  # IPv6 zone id
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """Where the server listens, decided once at start-up."""
+
+    bind_host: str
+
+    @property
+    def public(self) -> bool:
+        return not is_loopback(self.bind_host)
+
+
+def configure_exposure(app: FastAPI, host: str) -> Exposure:
+    """Tell `require_api_token` which address the server binds. Kept on `app.state`, so two apps in one
+    process (tests, a reindex side-car) each have their own."""
+    exposure = Exposure(bind_host=host)
+    app.state.exposure = exposure
+    return exposure
+
+
+def _exposure(request: Request) -> Exposure | None:
+    state = request.app.state
+    exposure = getattr(state, "exposure", None)
+    if isinstance(exposure, Exposure):
+        return exposure
+    bind_host = getattr(state, "bind_host", None)  # what `create_app` records
+    return Exposure(bind_host) if isinstance(bind_host, str) else None
+
+
+def _settings(request: Request) -> Settings:
+    runtime = getattr(request.app.state, "runtime", None)
+    settings = getattr(runtime, "settings", None)
+    if not isinstance(settings, Settings):
+        raise HTTPException(status_code=503, detail="the service is starting")
+    return settings
+
+
+async def require_api_token(request: Request) -> None:
+    """FastAPI dependency guarding endpoints that return wiki content (`Depends(require_api_token)`).
+
+    With `API_TOKEN` set, every request needs `Authorization: Bearer <API_TOKEN>`, loopback included. Without
+    it, only a loopback client of a loopback-bound server gets in; anything else is refused (403) with the
+    reason, because an unauthenticated content endpoint on a network address leaks the wiki. An app that
+    never said where it binds is treated as exposed. Note that a reverse proxy on this machine makes every
+    client look like loopback: put `API_TOKEN` on any server behind one.
+    """
+    settings = _settings(request)
+    if settings.api_token is not None:
+        scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise HTTPException(
+                status_code=401,
+                detail="missing bearer token: send `Authorization: Bearer <API_TOKEN>`",
+                headers={"WWW-Authenticate": 'Bearer realm="confluence-vectors"'},
+            )
+        if not verify_token(credentials.strip(), settings.api_token.get_secret_value()):
+            client = request.client.host if request.client else None
+            log.warning("api token rejected", extra={"client": client, "path": request.url.path})
+            raise HTTPException(
+                status_code=401,
+                detail="invalid bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="confluence-vectors", error="invalid_token"'},
+            )
+        return
+
+    exposure = _exposure(request)
+    if exposure is None or exposure.public:
+        raise HTTPException(
+            status_code=403,
+            detail="API_TOKEN is not set and the server is not bound to a loopback address: "
+            "set API_TOKEN to serve wiki content over the network",
+        )
+    client = request.client.host if request.client else None
+    if client is None or not is_loopback(client):
+        raise HTTPException(
+            status_code=403,
+            detail="API_TOKEN is not set: only clients on this machine may read wiki content",
+        )
