@@ -58,7 +58,7 @@ async def index_page_job(
     rt = current()
     job_id = context.job.id
     try:
-        outcome = await process_page(rt, page_id, content_type)  # type: ignore[arg-type]
+        outcome = await process_page(rt, page_id, content_type, event)  # type: ignore[arg-type]
     except asyncio.CancelledError:
         # The worker is stopping and its drain time ran out (or the job was aborted): nothing is wrong with
         # the page, so no attempt is counted, but its event must not be lost.

@@ -22,6 +22,7 @@ from app.confluence import ConfluenceClient
 from app.convert import storage_to_markdown, user_refs
 from app.errors import PageNotFound
 from app.models import ContentType, Page
+from app.permission_events import CONTENT_PERMISSION_EVENTS
 from app.runtime import Runtime
 from app.vector_store import content_hash, metadata_hash
 
@@ -43,8 +44,17 @@ class Outcome:
     reason: str | None = None
 
 
-async def process_page(rt: Runtime, page_id: str, content_type: ContentType | None = None) -> Outcome:
-    """Fetch `page_id` and make the index agree with it."""
+#: Events after which what the Confluence client caches about the content (its read restriction, which its
+#: descendants inherit, and its title, which their breadcrumbs show) may be stale.
+CACHE_STALE_EVENTS = CONTENT_PERMISSION_EVENTS | {"page_moved", "page_updated", "blog_updated", "page_restored"}
+
+
+async def process_page(
+    rt: Runtime, page_id: str, content_type: ContentType | None = None, event: str | None = None
+) -> Outcome:
+    """Fetch `page_id` and make the index agree with it (`event`: the webhook's name, when there was one)."""
+    if event in CACHE_STALE_EVENTS:
+        rt.confluence.invalidate(page_id)
     started = time.perf_counter()
     try:
         page = await rt.confluence.get_page(page_id, content_type)

@@ -57,6 +57,9 @@ class ReconcileReport:
     since: str | None = None
     modified_seen: int = 0
     queued_modified: int = 0
+    gone_seen: int = 0
+    queued_gone: int = 0
+    failed_rechecked: int = 0
     held_checked: int = 0
     queued_vanished: int = 0
     seconds: float = 0.0
@@ -209,9 +212,23 @@ async def reconcile_due(rt: Runtime) -> bool:
     return datetime.now(UTC) - finished >= timedelta(seconds=rt.settings.reconcile_interval)
 
 
+#: Held pages whose existence is checked per reconciliation, a rotating slice whose cursor is kept in
+#: `cv_state`: an interval costs the same whatever the wiki's size (2 v2 calls per 250 ids on Cloud), and every
+#: held page is checked once every held/RECONCILE_SLICE intervals. Only purges that sent no webhook need it.
+RECONCILE_SLICE = 500
+#: Failed pages still holding rows re-processed per reconciliation (a permanent failure should delete them).
+RECONCILE_FAILED_CAP = 200
+
+
 async def reconcile(rt: Runtime) -> ReconcileReport:
-    """Enqueue pages modified since the last checkpoint (minus an overlap for clock skew), and pages we hold
-    that Confluence no longer shows (their job finds them gone and deletes their vectors)."""
+    """Make the index catch up with what webhooks did not tell us, at a cost proportional to the changes.
+
+    Per run: content modified since the last checkpoint (minus an overlap for clock skew), by CQL; content
+    trashed, deleted or archived since then that we hold, by the same CQL over those statuses; failed pages
+    that still hold rows (defensive: they must not stay searchable); and a rotating slice of held pages whose
+    existence is checked in bulk, for purges nothing announced. Every page found goes through the queue, whose
+    job decides from what Confluence says now. The first run (no checkpoint) lists everything once.
+    """
     started_wall = datetime.now(UTC)
     started = time.monotonic()
     state = await get_state(rt, "reconcile") or {}
@@ -225,10 +242,25 @@ async def reconcile(rt: Runtime) -> ReconcileReport:
         report.modified_seen += len(batch)
         report.queued_modified += queued
 
-    async for held in _held_pages(rt):
-        report.held_checked += len(held)
-        present = await rt.confluence.existing_ids(held)
-        vanished = [PageJobRequest(page_id, event="reconcile_vanished") for page_id in held if page_id not in present]
+    if since is not None:
+        async for batch in _batches(rt.confluence.iter_gone(since)):
+            report.gone_seen += len(batch)
+            held = await _held_among(rt, [ref.id for ref in batch])
+            gone = [PageJobRequest(ref.id, ref.content_type, "reconcile_gone") for ref in batch if ref.id in held]
+            if gone:
+                report.queued_gone += (await enqueue_pages(rt.pool, gone)).count("queued")
+
+    failed = await _failed_with_rows(rt, RECONCILE_FAILED_CAP)
+    if failed:
+        report.failed_rechecked = len(failed)
+        requests = [PageJobRequest(page_id, content_type, "reconcile_failed") for page_id, content_type in failed]
+        await enqueue_pages(rt.pool, requests)
+
+    held_slice, slice_after = await _held_slice(rt, str(state.get("slice_after", "")), RECONCILE_SLICE)
+    report.held_checked = len(held_slice)
+    if held_slice:
+        present = await rt.confluence.existing_ids(held_slice)
+        vanished = [PageJobRequest(i, event="reconcile_vanished") for i in held_slice if i not in present]
         if vanished:
             report.queued_vanished += (await enqueue_pages(rt.pool, vanished)).count("queued")
 
@@ -237,7 +269,12 @@ async def reconcile(rt: Runtime) -> ReconcileReport:
     await set_state(
         rt,
         "reconcile",
-        {"checkpoint": started_wall.isoformat(), "finished_at": report.finished_at, **_summary(report)},
+        {
+            "checkpoint": started_wall.isoformat(),
+            "finished_at": report.finished_at,
+            "slice_after": slice_after,
+            **_summary(report),
+        },
     )
     log.info("reconciliation done", extra=_summary(report))
     return report
@@ -247,21 +284,36 @@ def _summary(report: ReconcileReport) -> dict[str, Any]:
     return {k: v for k, v in report.__dict__.items() if k not in {"finished_at"}}
 
 
-async def _held_pages(rt: Runtime) -> AsyncIterator[list[str]]:
-    """Ids of pages with rows (or skipped as restricted), in keyset-paginated batches."""
-    last = ""
-    while True:
-        async with rt.pool.connection() as conn:
-            cur = await conn.execute(
-                """SELECT page_id FROM cv_pages WHERE status IN ('indexed', 'skipped') AND page_id > %s
-                   ORDER BY page_id LIMIT %s""",
-                (last, _BATCH),
-            )
-            ids = [row[0] for row in await cur.fetchall()]
-        if not ids:
-            return
-        yield ids
-        last = ids[-1]
+_HELD = "status IN ('indexed', 'skipped') OR (status = 'failed' AND chunk_count > 0)"
+
+
+async def _held_among(rt: Runtime, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` we hold: indexed, skipped, or failed with rows left."""
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT page_id FROM cv_pages WHERE page_id = ANY(%s) AND ({_HELD})", (list(ids),))
+        return {row[0] for row in await cur.fetchall()}
+
+
+async def _failed_with_rows(rt: Runtime, limit: int) -> list[tuple[str, str]]:
+    """(id, content type) of failed pages that still hold vector rows, longest-failed first."""
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT page_id, content_type FROM cv_pages WHERE status = 'failed' AND chunk_count > 0
+               ORDER BY updated_at LIMIT %s""",
+            (limit,),
+        )
+        return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
+async def _held_slice(rt: Runtime, after: str, size: int) -> tuple[list[str], str]:
+    """Up to `size` held ids following `after` in id order, wrapping to the start; and the next cursor."""
+    forward = f"SELECT page_id FROM cv_pages WHERE ({_HELD}) AND page_id > %s ORDER BY page_id LIMIT %s"
+    wrap = f"SELECT page_id FROM cv_pages WHERE ({_HELD}) AND page_id <= %s ORDER BY page_id LIMIT %s"
+    async with rt.pool.connection() as conn:
+        ids = [row[0] for row in await (await conn.execute(forward, (after, size))).fetchall()]
+        if len(ids) < size and after:
+            ids += [row[0] for row in await (await conn.execute(wrap, (after, size - len(ids)))).fetchall()]
+    return ids, (ids[-1] if ids else "")
 
 
 # --- reindex -----------------------------------------------------------------------------------------------

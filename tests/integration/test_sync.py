@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from app import sync
+from app.queue import INDEX_PAGE
 from app.runtime import Runtime
-from app.sync import backfill, get_state, reconcile_due, set_state
+from app.sync import backfill, get_state, reconcile, reconcile_due, set_state
 from tests.conftest import make_settings
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.ollama import FakeOllama
@@ -104,3 +106,108 @@ async def test_backfill_keeps_the_queue_tables_statistics_fresh(
             await conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'procrastinate_jobs'::regclass")
         ).fetchone()
     assert row is not None and row[0] >= 400, f"planner still believes the jobs table holds {row} rows"
+
+
+# --- reconciliation: calls proportional to changes ---------------------------------------------------------
+LONG_AGO = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _old_pages(confluence: FakeConfluence, n: int, start: int = 200_000) -> list[str]:
+    """`n` pages last modified long before any checkpoint; ids sort as strings in creation order."""
+    ids = [str(start + i) for i in range(n)]
+    for page_id in ids:
+        confluence.put_page(page_id, title=f"Page {page_id}", body="<p/>", last_modified=LONG_AGO)
+    return ids
+
+
+async def _hold(rt: Runtime, ids: list[str], *, status: str = "indexed", chunks: int = 2) -> None:
+    """Record pages as the pipeline would have after indexing version 1 of each."""
+    async with rt.pool.connection() as conn:
+        await conn.execute(
+            """INSERT INTO cv_pages (page_id, content_type, status, version, chunk_count)
+               SELECT unnest(%s::text[]), 'page', %s, 1, %s""",
+            (ids, status, chunks),
+        )
+
+
+async def _queued(rt: Runtime) -> dict[str, str]:
+    """page id -> event of every waiting page job."""
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT args->>'page_id', args->>'event' FROM procrastinate_jobs WHERE status = 'todo' "
+            "AND task_name = %s",
+            (INDEX_PAGE,),
+        )
+        return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def _checkpoint(rt: Runtime, minutes_ago: int = 10) -> None:
+    when = (datetime.now(UTC) - timedelta(minutes=minutes_ago)).isoformat()
+    await set_state(rt, "reconcile", {"checkpoint": when, "finished_at": when})
+
+
+async def test_reconcile_finds_edits_trash_purges_and_failed_rows_in_calls_independent_of_wiki_size(
+    rt: Runtime, fakes: tuple[FakeConfluence, FakeOllama]
+) -> None:
+    confluence, _ = fakes
+    confluence.max_limit = 250  # what Cloud serves per v2 response (the fake's default 25 forces paging)
+    ids = _old_pages(confluence, 3000)
+    await _hold(rt, ids[:-1])
+    await _hold(rt, ids[-1:], status="failed", chunks=3)  # failed, yet its rows are still searchable
+    await _checkpoint(rt)
+    for page_id in ids[1000:1003]:
+        confluence.put_page(page_id, title="Edited", body="<p>new</p>")
+    for page_id in ids[2000:2002]:
+        confluence.set_status(page_id, "trashed")
+    confluence.delete_page(ids[5])  # purged without a webhook: only the existence slice can see it
+    confluence.reset_counters()
+
+    report = await reconcile(rt)
+
+    assert await _queued(rt) == {
+        **dict.fromkeys(ids[1000:1003], "reconcile"),
+        **dict.fromkeys(ids[2000:2002], "reconcile_gone"),
+        ids[5]: "reconcile_vanished",
+        ids[-1]: "reconcile_failed",
+    }
+    assert (report.held_checked, report.failed_rechecked) == (sync.RECONCILE_SLICE, 1)
+    # changed (1 CQL call) + gone (1) + existence of one slice (2 batches of 250 x pages, blog posts): not
+    # the 2 x 3000/250 = 24 calls of checking every held page.
+    assert confluence.count() <= 6, confluence.requests
+
+
+async def test_reconcile_existence_slice_rotates_over_every_held_page(
+    rt: Runtime, fakes: tuple[FakeConfluence, FakeOllama], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    confluence, _ = fakes
+    monkeypatch.setattr(sync, "RECONCILE_SLICE", 50)
+    ids = _old_pages(confluence, 120)
+    await _hold(rt, ids)
+    await _checkpoint(rt)
+    confluence.delete_page(ids[110])
+    checked = []
+    for _ in range(3):
+        report = await reconcile(rt)
+        checked.append(report.held_checked)
+        state = await get_state(rt, "reconcile")
+        assert state is not None
+        if report.queued_vanished:
+            assert ids[110] in await _queued(rt)
+    assert checked == [50, 50, 50]  # the third run takes the last 20 and wraps to the first 30
+    assert state["slice_after"] == ids[29]
+    assert (await _queued(rt)) == {ids[110]: "reconcile_vanished"}
+
+
+async def test_events_that_change_restrictions_or_place_invalidate_the_client_cache(
+    rt: Runtime, fakes: tuple[FakeConfluence, FakeOllama], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.pipeline import process_page
+
+    confluence, _ = fakes
+    confluence.put_page("700", title="Parent", body="<p>parent</p>")
+    invalidated: list[str] = []
+    original = rt.confluence.invalidate
+    monkeypatch.setattr(rt.confluence, "invalidate", lambda i: (invalidated.append(i), original(i)))
+    for event in ("content_permissions_updated", "page_moved", None, "page_created"):
+        await process_page(rt, "700", "page", event)
+    assert invalidated == ["700", "700"]
