@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from app.config import Settings
 from app.errors import (
     EmbeddingDimensionMismatch,
     EmbeddingInputTooLong,
+    EmbeddingInvalid,
     EmbeddingModelMissing,
     EmbeddingRejected,
     EmbeddingUnavailable,
@@ -246,10 +248,22 @@ class OllamaBgeM3Embedding(BaseEmbedding):
         raise EmbeddingRejected(f"Ollama at {self.base_url} refused the request ({response.status_code}): {text}")
 
     def _checked(self, vector: Any) -> Vector:
+        """`vector` as floats if it is `dimension` finite numbers; raises EmbeddingUnavailable (no vector),
+        EmbeddingDimensionMismatch (wrong length) or EmbeddingInvalid (NaN, Infinity, null, bool or text).
+
+        Python's JSON parser accepts `NaN` and `Infinity`, which Ollama's Go encoder never writes but a
+        proxy or another server may; pgvector rejects them, and `float(None)` would be a bare TypeError.
+        """
         if not isinstance(vector, list) or not vector:
             raise EmbeddingUnavailable(f"Ollama returned no vector: {str(vector)[:80]}")
         if len(vector) != self.dimension:
             raise self._mismatch(len(vector))
+        for index, x in enumerate(vector):
+            if type(x) not in (float, int) or not math.isfinite(x):  # `type`: bool is an int subclass
+                raise EmbeddingInvalid(
+                    f"Ollama at {self.base_url} returned a vector whose component {index} is {str(x)[:40]!r}, "
+                    "not a finite number; nothing was written"
+                )
         return [float(x) for x in vector]
 
     def _count(self, vectors: list[Vector]) -> list[Vector]:

@@ -80,6 +80,15 @@ class EmbeddingInputTooLong(PermanentError, EmbeddingError):
     """An input exceeds the embedding model's context."""
 
 
+class EmbeddingInvalid(RetryableError, EmbeddingError):
+    """The embedding server returned a vector that is not all finite numbers (NaN, Infinity, null, text).
+
+    Retryable: a proxy or a half-loaded model may answer garbage once; a model that does so for an input
+    every time fails the page after JOB_MAX_ATTEMPTS with this as its last error. Nothing is written either
+    way (pgvector refuses NaN and infinite components: pgvector README, "Vector type").
+    """
+
+
 # --- Storage ----------------------------------------------------------------------------------------------
 class DatabaseUnavailable(RetryableError):
     """Postgres is unreachable."""

@@ -8,6 +8,7 @@ can assert on ranking, not only on shapes.
     with FakeOllama() as ollama:           # or FakeOllama(...).start() / .stop()
         embedder = OllamaBgeM3Embedding(base_url=ollama.base_url)
         ollama.fail_next(2, status=503)    # faults: fail_next, down (503 busy), go_down()/come_up() (refused)
+        ollama.corrupt_next(1, "nan")      # a 200 whose vector holds NaN/Infinity/null/text (a broken proxy)
         assert ollama.calls == ...         # counters: calls, inputs, texts; reset()
 
 As a process: `python -m tests.fakes.ollama --port 11434 --per-input-delay 0.005` prints its base URL.
@@ -19,13 +20,14 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import re
 import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
@@ -40,6 +42,16 @@ _WORD = re.compile(r"\w+")
 _CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _TOKEN = re.compile(r"[^\W\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+|[^\w\s]")
 _WORD_WEIGHT, _TRIGRAM_WEIGHT = 1.0, 0.5
+#: `corrupt_next` kinds and the component each writes: what a vector must never hold.
+CORRUPTIONS: dict[str, Any] = {
+    "nan": math.nan,
+    "inf": math.inf,
+    "-inf": -math.inf,
+    "null": None,
+    "string": "0.5",
+    "bool": True,
+    "object": {"value": 0.5},
+}
 
 
 @lru_cache(maxsize=1 << 17)
@@ -114,6 +126,7 @@ class FakeOllama:
         self._port = port
         self._lock = threading.Lock()
         self._failures: list[int] = []
+        self._corruptions: list[str] = []
         self._calls = 0
         self._texts: list[str] = []
         self._server: uvicorn.Server | None = None
@@ -182,6 +195,25 @@ class FakeOllama:
         with self._lock:
             self._failures.extend([status] * n)
 
+    def corrupt_next(self, n: int = 1, kind: str = "nan") -> None:
+        """The next `n` successful embed answers carry a bad component in their first vector, as a broken
+        proxy or an OpenAI-style shim might (Ollama itself answers 500 when its encoder meets a NaN): `kind`
+        is one of `CORRUPTIONS` (`nan` and `inf` are written as the JSON extensions `NaN` and `Infinity`)."""
+        if kind not in CORRUPTIONS:
+            raise ValueError(f"kind must be one of {sorted(CORRUPTIONS)}")
+        with self._lock:
+            self._corruptions.extend([kind] * n)
+
+    def _answer(self, build: Callable[[list[list[Any]]], dict[str, Any]], vectors: list[list[Any]]) -> Response:
+        """The JSON answer `build(vectors)`, with the next pending corruption (if any) in its first vector's
+        last component, written with Python's JSON extensions (`NaN`, `Infinity`) as a non-Go server would."""
+        with self._lock:
+            kind = self._corruptions.pop(0) if self._corruptions else None
+        if kind is None or not vectors:
+            return JSONResponse(build(vectors))
+        vectors = [[*vectors[0][:-1], CORRUPTIONS[kind]], *vectors[1:]]
+        return Response(json.dumps(build(vectors), allow_nan=True), media_type="application/json")
+
     @property
     def calls(self) -> int:
         with self._lock:
@@ -199,7 +231,7 @@ class FakeOllama:
 
     def reset(self) -> None:
         with self._lock:
-            self._calls, self._texts, self._failures = 0, [], []
+            self._calls, self._texts, self._failures, self._corruptions = 0, [], [], []
 
     # --- handlers -----------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -259,14 +291,15 @@ class FakeOllama:
             texts = [_truncate(t, limit) if n > limit else t for t, n in zip(texts, tokens, strict=True)]
         started = time.perf_counter_ns()
         vectors = await self._compute(texts)
-        return JSONResponse(
-            {
+        return self._answer(
+            lambda embeddings: {
                 "model": body["model"],
-                "embeddings": vectors,
+                "embeddings": embeddings,
                 "total_duration": time.perf_counter_ns() - started,
                 "load_duration": 0,
                 "prompt_eval_count": sum(min(n, self.context_tokens) for n in tokens),
-            }
+            },
+            vectors,
         )
 
     async def _embeddings(self, request: Request) -> Response:
@@ -279,7 +312,7 @@ class FakeOllama:
         prompt = body.get("prompt", "")
         if count_tokens(prompt) > self.context_tokens:
             prompt = _truncate(prompt, self.context_tokens)
-        return JSONResponse({"embedding": (await self._compute([prompt]))[0]})
+        return self._answer(lambda vectors: {"embedding": vectors[0]}, await self._compute([prompt]))
 
     async def _tags(self, _request: Request) -> Response:
         models = [

@@ -15,14 +15,16 @@ import pytest
 from app.embeddings import OllamaBgeM3Embedding
 from app.errors import (
     EmbeddingDimensionMismatch,
+    EmbeddingError,
     EmbeddingInputTooLong,
+    EmbeddingInvalid,
     EmbeddingModelMissing,
     EmbeddingUnavailable,
     PermanentError,
     RetryableError,
 )
 from tests.conftest import make_settings
-from tests.fakes.ollama import FakeOllama, count_tokens, embed_text
+from tests.fakes.ollama import CORRUPTIONS, FakeOllama, count_tokens, embed_text
 
 FAST: dict[str, Any] = {"backoff_base": 0.001, "backoff_cap": 0.01}
 
@@ -282,3 +284,40 @@ def test_one_embedder_survives_successive_event_loops(ollama: FakeOllama) -> Non
     for text in ["first loop", "second loop"]:
         assert asyncio.run(embedder.aembed_many([text])) == [pytest.approx(embed_text(text))]
     asyncio.run(embedder.aclose())
+
+
+# --- vectors that are not finite numbers (issue 10) ----------------------------------------------------------
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+async def test_non_finite_or_non_numeric_components_are_an_embedding_error(
+    embedder: OllamaBgeM3Embedding, ollama: FakeOllama, kind: str
+) -> None:
+    """NaN, Infinity, null, text, booleans or objects in a 200 answer: refused as EmbeddingInvalid (an
+    EmbeddingError the job retries), never handed on as a vector pgvector would refuse, never a TypeError."""
+    ollama.corrupt_next(1, kind)
+    with pytest.raises(EmbeddingInvalid, match="component 1023") as info:
+        await embedder.aembed_many(TEXTS[:3])
+    assert isinstance(info.value, EmbeddingError) and isinstance(info.value, RetryableError)
+    assert embedder.calls == 0  # nothing counted as embedded
+    assert await embedder.aembed_many(TEXTS[:3]) == [pytest.approx(embed_text(t)) for t in TEXTS[:3]]
+
+
+@pytest.mark.parametrize("kind", ["nan", "null", "string"])
+def test_sync_and_legacy_paths_refuse_them_too(kind: str) -> None:
+    for legacy in (False, True):
+        with FakeOllama(legacy=legacy) as ollama:
+            embedder = OllamaBgeM3Embedding(base_url=ollama.base_url, **FAST)
+            try:
+                ollama.corrupt_next(1, kind)
+                with pytest.raises(EmbeddingInvalid):
+                    embedder.embed_many(TEXTS[:1])
+            finally:
+                embedder.close()
+
+
+async def test_a_corrupt_vector_anywhere_in_the_batch_fails_the_batch(
+    embedder: OllamaBgeM3Embedding, ollama: FakeOllama
+) -> None:
+    ollama.corrupt_next(1, "inf")
+    with pytest.raises(EmbeddingInvalid):
+        await embedder.aembed_many(TEXTS[:20])  # the bad vector is in the first of two requests
+    assert ollama.calls == 1  # the second batch was never asked for
