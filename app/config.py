@@ -12,11 +12,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+import platformdirs
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
 _PLACEHOLDERS = {"changeme", "change-me", "your-token", "your_token", "xxx", "todo", "secret", "<token>"}
+
+
+APP_NAME = "confluence-vectors"
+#: Where the embedded Postgres lives unless DATA_DIR says otherwise: the user's data directory (XDG on Linux,
+#: ~/Library/Application Support on macOS, %LOCALAPPDATA% on Windows, per `platformdirs`), not the current
+#: directory, so every command finds the same database wherever it is started from.
+DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+#: `.env` files read, lowest precedence first: the user's config directory, then the current directory.
+#: Real environment variables override both (pydantic-settings' documented order).
+ENV_FILES = (Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / ".env", Path(".env"))
+
+
+def env_files_in_use() -> list[Path]:
+    """The `.env` files that exist and were read, absolute, lowest precedence first (for start-up and status)."""
+    return [path.resolve() for path in ENV_FILES if path.is_file()]
 
 
 class Deployment(StrEnum):
@@ -29,13 +45,13 @@ class Deployment(StrEnum):
 class Settings(BaseSettings):
     """Every knob of the service. Secrets are `SecretStr`, so they never show in logs or reprs."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(env_file=ENV_FILES, env_file_encoding="utf-8", extra="ignore")
 
     # --- Postgres -------------------------------------------------------------------------------------
     database_url: SecretStr | None = Field(
         default=None, description="Postgres URL. Unset: an embedded PostgreSQL with pgvector under DATA_DIR."
     )
-    data_dir: Path = Field(default=Path("./.data"), description="Where the embedded Postgres keeps its files.")
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Where the embedded Postgres keeps its files.")
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
 
     # --- Confluence -----------------------------------------------------------------------------------
@@ -118,6 +134,12 @@ class Settings(BaseSettings):
     # --- Service --------------------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json|text")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """`~` expanded and made absolute once, so what start-up and `status` print is where the data is."""
+        return value.expanduser().resolve()
 
     @field_validator("vector_table")
     @classmethod

@@ -179,7 +179,10 @@ async def tick(context: JobContext, timestamp: int) -> None:
         await prune_deliveries(rt.pool, window_seconds=rt.settings.dedupe_window_seconds)
     except Exception as exc:
         log.error("tick: pruning deliveries failed", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
-    if rt.settings.reconcile_interval > 0:
+    from app.startup import confluence_configured
+
+    # Unconfigured Confluence: start-up said so once; failing a reconciliation every minute would only repeat it.
+    if rt.settings.reconcile_interval > 0 and confluence_configured(rt.settings):
         try:
             from app.sync import reconcile_due
 

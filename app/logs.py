@@ -39,7 +39,13 @@ class TextFormatter(logging.Formatter):
         return f"{base} {context}" if context else base
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+def configure_logging(level: str = "INFO", fmt: str = "json", *, for_people: bool = False) -> None:
+    """Route every log record to stderr as JSON (or text) at `level`.
+
+    `for_people=True` (the CLI's one-shot commands): only our own `app.*` loggers speak at `level`; libraries
+    (pgserver's start-up chatter, procrastinate, LlamaIndex) and Python warnings only from WARNING up, so a
+    command's own output is not buried in them.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,3 +57,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # procrastinate logs every defer and job start at INFO with the whole job; ours say what matters.
     logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))
+    logging.captureWarnings(True)  # warnings become log records: formatted like the rest, filtered by level
+    logging.getLogger("app").setLevel(logging.NOTSET)
+    if for_people:
+        logging.getLogger("app").setLevel(level.upper())
+        root.setLevel(max(logging.WARNING, root.level))
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)  # library deprecations are not the user's

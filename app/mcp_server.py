@@ -219,9 +219,7 @@ async def readers_principals(rt: Runtime, person: str | None) -> frozenset[str] 
         raise ToolError(str(exc)) from exc
 
 
-async def load_page(
-    rt: Runtime, reference: str, principals: frozenset[str] | None
-) -> tuple[dict[str, Any], PageText]:
+async def load_page(rt: Runtime, reference: str, principals: frozenset[str] | None) -> tuple[dict[str, Any], PageText]:
     """The indexed page `reference` names (id or URL) with its rebuilt Markdown, if `principals` may read it.
     Raises ToolError when the page is not in the index (never indexed, deleted, skipped) or not readable, with
     one message for both, so a caller cannot learn that a page they may not read exists."""
@@ -262,7 +260,9 @@ def _cursor_offset(cursor: str | None) -> int:
     return int(cursor.strip())
 
 
-def page_slice(page: dict[str, Any], text: PageText, section: str | None, cursor: str | None, max_chars: int) -> PageSlice:
+def page_slice(
+    page: dict[str, Any], text: PageText, section: str | None, cursor: str | None, max_chars: int
+) -> PageSlice:
     """One slice of the page (or of one section) from `cursor`, at most `max_chars` characters."""
     body = text.text
     if section is not None:
@@ -289,7 +289,9 @@ def page_slice(page: dict[str, Any], text: PageText, section: str | None, cursor
         total_chars=len(body),
         text=piece.text,
         next_cursor=None if piece.next_offset is None else str(piece.next_offset),
-        outline=[PageSection(section=s.header_path, chars=s.end - s.start) for s in text.sections] if offset == 0 else [],
+        outline=[PageSection(section=s.header_path, chars=s.end - s.start) for s in text.sections]
+        if offset == 0
+        else [],
     )
 
 
@@ -383,7 +385,7 @@ def build_server(
         lifespan=lifespan,
         log_level="WARNING",
     )
-    read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False, idempotentHint=True)
+    read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=True)
 
     @server.tool(
         name="search",
@@ -397,7 +399,9 @@ def build_server(
         ),
     )
     async def search_tool(
-        query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in plain words.")],
+        query: Annotated[
+            str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in plain words.")
+        ],
         spaces: Annotated[
             list[Annotated[str, Field(min_length=1, max_length=MAX_FILTER_CHARS)]] | None,
             Field(max_length=10, description="Only these space keys (see list_spaces); omit for all spaces."),
@@ -407,7 +411,8 @@ def build_server(
         ] = None,
         k: Annotated[int, Field(ge=1, le=50, description="How many passages at most.")] = 8,
         mode: Annotated[
-            Literal["hybrid", "vector"], Field(description="hybrid (meaning + exact words, default) or vector (meaning).")
+            Literal["hybrid", "vector"],
+            Field(description="hybrid (meaning + exact words, default) or vector (meaning)."),
         ] = "hybrid",
         max_chars: Annotated[
             int, Field(ge=200, le=MAX_CHARS, description="Character budget for all passages together.")
@@ -491,7 +496,9 @@ def build_server(
     )
     async def recent_changes_tool(
         since: Annotated[str | None, Field(max_length=64, description="ISO 8601 time, or '30m', '24h', '7d'.")] = None,
-        space: Annotated[str | None, Field(min_length=1, max_length=MAX_FILTER_CHARS, description="Only this space.")] = None,
+        space: Annotated[
+            str | None, Field(min_length=1, max_length=MAX_FILTER_CHARS, description="Only this space.")
+        ] = None,
         limit: Annotated[int, Field(ge=1, le=200, description="How many pages at most.")] = 50,
         ctx: Context | None = None,
     ) -> RecentChanges:

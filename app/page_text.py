@@ -74,7 +74,7 @@ def overlap_length(previous: str, following: str) -> int:
     start = max(0, len(previous) - len(following))
     while (start := previous.find(first, start)) != -1:  # longest candidate first; each start checked once
         length = len(previous) - start
-        joined = following[length:length + 1] in ("", "\n") or previous[-1].isspace()
+        joined = following[length : length + 1] in ("", "\n") or previous[-1].isspace()
         if joined and (start == 0 or previous[start - 1].isspace()) and following.startswith(previous[start:]):
             return length
         start += 1

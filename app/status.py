@@ -10,6 +10,7 @@ from psycopg.rows import dict_row
 
 from app.queue import queue_counts
 from app.runtime import Runtime
+from app.startup import data_location
 
 
 @dataclass
@@ -22,6 +23,10 @@ class StatusReport:
     last_reconcile: dict[str, Any] | None = None
     embed_model: str = ""
     table: str = ""
+    #: Page jobs procrastinate ended `failed`, newest first: page, attempts, when, and the page's last error.
+    failed_jobs: list[dict[str, Any]] = field(default_factory=list)
+    #: Where the data is (DATA_DIR or DATABASE_URL) and which `.env` files were read (app/startup.py).
+    data: str = ""
 
 
 async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
@@ -43,6 +48,14 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
             (limit,),
         )
         retrying = list(await cur.fetchall())
+        await cur.execute(
+            """SELECT j.id AS job_id, j.args ->> 'page_id' AS page_id, j.attempts, p.last_error,
+                      (SELECT max(e.at) FROM procrastinate_events AS e WHERE e.job_id = j.id)::text AS failed_at
+               FROM procrastinate_jobs AS j LEFT JOIN cv_pages AS p ON p.page_id = j.args ->> 'page_id'
+               WHERE j.status = 'failed' ORDER BY j.id DESC LIMIT %s""",
+            (limit,),
+        )
+        failed_jobs = list(await cur.fetchall())
         await cur.execute("SELECT value FROM cv_state WHERE key = 'reconcile'")
         reconcile_row = await cur.fetchone()
     queue = await queue_counts(rt.queue)
@@ -59,4 +72,27 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
         last_reconcile=reconcile_row["value"] if reconcile_row else None,
         embed_model=f"{rt.settings.embed_model} ({rt.settings.embed_dim})",
         table=rt.settings.physical_table,
+        failed_jobs=failed_jobs,
+        data=data_location(rt.settings),
     )
+
+
+async def retry_failed(rt: Runtime) -> list[str]:
+    """Queue a new job for every page marked `failed`, with its attempt count reset, so each gets
+    JOB_MAX_ATTEMPTS fresh tries; the pages show as `pending` until their job runs. Returns their ids.
+
+    Marking and deferring share one transaction (as backfill does), so a page is never `pending` without a
+    job, nor queued while still shown as failed.
+    """
+    from app.queue import PageJobRequest, defer_pages, in_deferral_transaction
+
+    async def mark_and_defer(conn: Any) -> list[str]:
+        cur = await conn.execute(
+            """UPDATE cv_pages SET status = 'pending', attempts = 0, updated_at = now()
+               WHERE status = 'failed' RETURNING page_id, content_type"""
+        )
+        rows = await cur.fetchall()
+        await defer_pages(conn, [PageJobRequest(page_id, kind, "retry_failed") for page_id, kind in rows])
+        return [page_id for page_id, _ in rows]
+
+    return await in_deferral_transaction(rt.pool, mark_and_defer)

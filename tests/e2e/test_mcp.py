@@ -125,7 +125,9 @@ async def _exercise(session: ClientSession) -> None:
             break
     assert "".join(pieces) == expected and calls >= 5
     section = _data(await session.call_tool("get_page", {"page": LONG_ID, "section": "Section 0"}))
-    assert section["text"].lstrip("#").strip().startswith("Section 0") and section["next_cursor"] is None or True
+    heading = section["text"].splitlines()[0]
+    assert section["section"] == "Section 0" and heading.lstrip("#") == " Section 0", heading
+    assert expected.startswith(section["text"]) or section["next_cursor"] is not None
 
     spaces = _data(await session.call_tool("list_spaces", {}))
     assert [(s["space_key"], s["pages"], s["name"]) for s in spaces] == [("HR", 1, "HR team"), ("OPS", 2, "OPS team")]
@@ -208,7 +210,11 @@ async def test_http_transport_behind_the_api_token(indexed: tuple[str, str]) -> 
             "jsonrpc": "2.0",
             "id": 1,
             "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
         }
         headers = {"Accept": "application/json, text/event-stream"}
         async with httpx.AsyncClient() as raw:
@@ -217,7 +223,7 @@ async def test_http_transport_behind_the_api_token(indexed: tuple[str, str]) -> 
             wrong = await raw.post(url, json=initialize, headers=headers | {"Authorization": "Bearer wrong"})
             assert wrong.status_code == 401 and API_TOKEN not in wrong.text
 
-        with pytest.raises(BaseException) as refusal:  # noqa: PT011 - the SDK wraps transport errors in groups
+        with pytest.raises(BaseException) as refusal:  # the SDK wraps transport errors in groups
             async with (
                 httpx2.AsyncClient() as anonymous,
                 streamable_http_client(url, http_client=anonymous) as (read, write),

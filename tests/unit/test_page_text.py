@@ -11,7 +11,7 @@ from app.chunking import chunk_page
 from app.models import Page
 from app.page_text import Chunk, assemble, overlap_length, slice_text
 
-WORDS = "alpha beta gamma delta restart service database backup restore vpn token deploy rollback".split()
+WORDS = ["alpha", "beta", "gamma", "delta", "restart", "service", "database", "backup", "restore", "vpn", "token"]
 
 
 def _page() -> Page:
