@@ -28,6 +28,7 @@ MODULES = (
     "embedding_economy",
     "pipeline_efficiency",
     "backfill",
+    "reconcile_calls",
     "webhook_latency",
     "search_latency",
     "queue_choice",
