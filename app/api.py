@@ -16,7 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.api_auth import require_api_token
+from app.api_auth import require_api_token
 from app.config import Settings
+from app.gauges import StateGauges
 from app.mcp_server import mount_http as mount_mcp
 from app.queue import run_worker_forever
 from app.routes_search import router as search_router
@@ -61,6 +63,8 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
     app.include_router(search_router)
     mcp_sessions = mount_mcp(app, lambda: app.state.runtime, bind_host=bind_host)  # /mcp, same token as /search
 
+    state_gauges = StateGauges()
+
     @app.get("/healthz", summary="Process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -88,8 +92,7 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
         rt: Runtime = request.app.state.runtime
-        with contextlib.suppress(Exception):  # gauges refresh; metrics must answer even with Postgres down
-            await status_report(rt, limit=0)
+        await state_gauges.refresh(rt)  # cheap, rate-limited, never raises (app.gauges)
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -105,7 +108,10 @@ async def _cached(
         await asyncio.wait_for(check(), timeout=5.0)
         result: dict[str, Any] = {"ok": True}
     except Exception as exc:
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        # The text can name hosts, ports, users and server messages; /readyz needs no credentials, so the
+        # caller gets "unavailable" and the operator gets the reason in the log.
+        log.warning("readiness check failed", extra={"check": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        result = {"ok": False, "error": "unavailable"}
     cache[name] = (time.monotonic(), result)
     return result
 
