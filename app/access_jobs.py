@@ -258,3 +258,11 @@ async def forget_page_access(rt: Runtime, page_id: str) -> None:
     """The page left the index: its access record goes too (its restriction row may still serve others)."""
     async with rt.pool.connection() as conn:
         await access.forget_page(conn, page_id)
+
+
+async def hide_page_access(rt: Runtime, page_id: str, error: str) -> None:
+    """Confluence refused to show us the page: record its restriction as not established, which hides it and
+    every indexed descendant (their paths name it) until a later job or the scheduled sync reads it again."""
+    async with rt.pool.connection() as conn, conn.transaction():
+        await access.save_restrictions(conn, [restriction_unknown(page_id, error)])
+    log.warning("page refused by Confluence; hidden with its subtree", extra={"page_id": page_id, "error": error})

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.gauges import StateGauges
 from app.mcp_server import mount_http as mount_mcp
 from app.queue import run_worker_forever
+from app.routes_access import router as access_router
 from app.routes_search import router as search_router
 from app.runtime import Runtime
 from app.status import status_report
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
     app.include_router(search_router)
     mcp_sessions = mount_mcp(app, lambda: app.state.runtime, bind_host=bind_host)  # /mcp, same token as /search
 
+    app.include_router(access_router)  # /access/explain (issue 12), token-protected like /status
     state_gauges = StateGauges()
 
     @app.get("/healthz", summary="Process is alive")

@@ -15,12 +15,12 @@ from typing import Literal
 
 from llama_index.core.schema import TextNode
 
-from app.access_jobs import forget_page_access, record_page_access
+from app.access_jobs import forget_page_access, hide_page_access, record_page_access
 from app.chunking import chunk_page, embed_text, page_metadata
 from app.config import Settings
 from app.confluence import ConfluenceClient
 from app.convert import storage_to_markdown, user_refs
-from app.errors import PageNotFound
+from app.errors import ConfluenceAuthError, PageNotFound
 from app.models import ContentType, Page
 from app.permission_events import CONTENT_PERMISSION_EVENTS
 from app.runtime import Runtime
@@ -62,6 +62,9 @@ async def process_page(
         removed = await rt.store.delete_page(page_id, status="deleted", reason="not found in Confluence")
         await forget_page_access(rt, page_id)
         return _done(rt, Outcome(page_id, "deleted", deleted=removed, reason="not found"))
+    except ConfluenceAuthError as exc:  # refused: it may have become restricted; hide it and its subtree
+        await hide_page_access(rt, page_id, f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         rt.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
 
