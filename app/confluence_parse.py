@@ -291,7 +291,9 @@ def parse_dc_page(data: Mapping[str, Any], *, base_url: str, ancestors_restricte
     """A v1 `GET /rest/api/content/{id}` body, expanded as `ConfluenceClient` asks, as a Page.
 
     The author is the last editor (`version.by`), like Cloud's `version.authorId`: the person whose change
-    the index now reflects. Data Center names users by user key; anonymous edits have none.
+    the index now reflects. Data Center names users by user key; anonymous edits have none. Expanded read
+    restrictions must carry both users and groups (see `read_restricted`); a body without them at all was
+    fetched without that expansion and says nothing about restrictions.
     """
     by = _get(data, "version", "by") or {}
     labels = tuple(
@@ -313,7 +315,7 @@ def parse_dc_page(data: Mapping[str, Any], *, base_url: str, ancestors_restricte
         author_id=_dc_user_id(by),
         labels=labels,
         ancestors=tuple(_required_str(item, "title") for item in _objects(data.get("ancestors"))),
-        restricted=ancestors_restricted or (isinstance(read, Mapping) and has_read_restrictions(read)),
+        restricted=ancestors_restricted or (isinstance(read, Mapping) and read_restricted(read)),
     )
 
 

@@ -15,9 +15,11 @@ from app.confluence_parse import (
     build_cloud_page,
     has_read_restrictions,
     next_url,
+    parse_ancestors,
     parse_cloud_content,
     parse_datetime,
     parse_dc_page,
+    read_restricted,
 )
 from app.errors import ConfluenceProtocolError
 
@@ -128,3 +130,26 @@ def test_unusable_responses_are_protocol_errors() -> None:
 def test_naive_timestamps_are_read_as_utc() -> None:
     assert parse_datetime("2024-01-02T03:04:05") == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert parse_datetime("2024-01-02T05:04:05+02:00") == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_ancestors_of_every_type_are_kept_root_first() -> None:
+    data = {"results": [{"id": "1", "type": "page"}, {"id": "2", "type": "folder"}, {"id": "3"}]}
+    assert parse_ancestors(data) == [("1", "page"), ("2", "folder"), ("3", "page")]
+
+
+def test_restrictions_without_both_subject_kinds_are_refused_not_read_as_open() -> None:
+    groups_only = {"restrictions": {"group": {"results": [], "size": 0}, "_expandable": {"user": "/x"}}}
+    with pytest.raises(ConfluenceProtocolError, match="user"):
+        read_restricted(groups_only)
+    page = {
+        "id": "1",
+        "title": "t",
+        "status": "current",
+        "space": {"key": "K"},
+        "version": {"number": 1, "when": "2024-01-01T00:00:00Z"},
+        "restrictions": {"read": groups_only},
+    }
+    with pytest.raises(ConfluenceProtocolError):
+        parse_dc_page(page, base_url="https://x")
+    empty = {"results": [], "size": 0}
+    assert read_restricted({"restrictions": {"user": empty, "group": {"results": [{"name": "hr"}], "size": 1}}})
