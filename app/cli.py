@@ -284,6 +284,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(t)
     if report.failed or report.failed_jobs:
         console.print("Retry the failed pages with: confluence-vectors retry-failed")
+    if report.skipped_attachments:
+        t = Table(title="Skipped attachments")
+        for col in ("page_id", "file_name", "reason", "detail"):
+            t.add_column(col)
+        for row in report.skipped_attachments:
+            t.add_row(str(row["page_id"]), str(row["file_name"]), str(row["reason"]), str(row["detail"] or ""))
+        console.print(t)
 
 
 def _when(value: Any) -> str:

@@ -128,6 +128,35 @@ class Settings(BaseSettings):
     permission_people_cache: Annotated[int, Field(ge=1)] = Field(
         default=10_000, description="People whose group membership is cached per process."
     )
+    index_comments: bool = Field(
+        default=True, description="Index footer and open inline comments with their page (resolved ones never)."
+    )
+    index_attachments: bool = Field(default=True, description="Index the text of pages' attachments.")
+    attachment_media_types: tuple[str, ...] = Field(
+        default=(
+            "application/pdf",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "text/csv",
+            "text/plain",
+            "text/markdown",
+            "application/json",
+        ),
+        description="Attachment media types taken (others are recorded as skipped: unsupported type).",
+    )
+    attachment_max_bytes: Annotated[int, Field(ge=1)] = Field(
+        default=10 * 1024 * 1024, description="Largest attachment downloaded, in bytes (enforced while reading)."
+    )
+    attachment_max_chars: Annotated[int, Field(ge=1)] = Field(
+        default=200_000, description="Extracted characters kept per attachment (the rest is cut)."
+    )
+    attachment_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0, description="Seconds an extraction may run before its process is killed."
+    )
+    attachment_memory_mb: Annotated[int, Field(ge=64)] = Field(
+        default=1024, description="Address-space limit of the extraction process, in MiB (RLIMIT_AS)."
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     dedupe_window_seconds: Annotated[int, Field(ge=0)] = 300
 

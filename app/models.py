@@ -46,3 +46,31 @@ class Page:
     @property
     def is_current(self) -> bool:
         return self.status == "current"
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A comment on a page (Cloud v2 footer/inline comments, Data Center child comments)."""
+
+    id: str
+    kind: Literal["footer", "inline"]
+    body_storage: str
+    version: int = 1
+    author: str | None = None  # display name (or account id / username when it cannot be resolved)
+    created: datetime | None = None
+    highlighted: str | None = None  # inline: the page text the comment is anchored to
+    resolved: bool = False  # inline: resolved (or dangling) threads are not indexed
+    parent_id: str | None = None  # a reply's parent comment
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a page, as listed by Confluence (not its bytes)."""
+
+    id: str
+    title: str  # the file name
+    media_type: str
+    version: int
+    size: int | None
+    download_url: str  # absolute, on the configured Confluence origin
+    comment: str | None = None

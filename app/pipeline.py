@@ -16,7 +16,10 @@ from typing import Literal
 from llama_index.core.schema import TextNode
 
 from app.access_jobs import forget_page_access, hide_page_access, record_page_access
+from app.attachments.index import attachment_nodes
+from app.attachments.index import record as record_attachments
 from app.chunking import chunk_page, embed_text, page_metadata
+from app.comments import comment_nodes
 from app.config import Settings
 from app.confluence import ConfluenceClient
 from app.convert import storage_to_markdown, user_refs
@@ -102,8 +105,15 @@ async def page_nodes(client: ConfluenceClient, settings: Settings, page: Page) -
 async def index_page(rt: Runtime, page: Page) -> Outcome:
     """Chunk, embed what is new, and swap the page's rows in one transaction."""
     nodes = await page_nodes(rt.confluence, rt.settings, page)
+    # Comments and attachments are documents of their own, stored with the page's rows (app/subdocuments.py).
+    comments = await comment_nodes(rt.confluence, rt.settings, page)
+    files = await attachment_nodes(rt.confluence, rt.settings, rt.pool, page)
+    extra = [*comments, *files.nodes]
+    nodes = [*nodes, *extra]
     ids = [node.node_id for node in nodes]
-    meta_hash = metadata_hash(page_metadata(page))
+    documents = [node.metadata for node in extra]  # a new file version or comment author: refresh, no re-embed
+    meta_hash = metadata_hash({"page": page_metadata(page), "documents": documents} if extra else page_metadata(page))
+    await record_attachments(rt.pool, page.id, files.records)
 
     state = await rt.store.page_state(page.id)
     if state is not None and state.status == "indexed":

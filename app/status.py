@@ -8,6 +8,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from app.attachments.index import skipped as skipped_attachments
 from app.queue import queue_counts
 from app.runtime import Runtime
 from app.startup import data_location
@@ -23,6 +24,8 @@ class StatusReport:
     last_reconcile: dict[str, Any] | None = None
     embed_model: str = ""
     table: str = ""
+    #: Attachments of indexed pages that were not indexed, each with its reason (app/attachments/index.py).
+    skipped_attachments: list[dict[str, Any]] = field(default_factory=list)
     #: Page jobs procrastinate ended `failed`, newest first: page, attempts, when, and the page's last error.
     failed_jobs: list[dict[str, Any]] = field(default_factory=list)
     #: Where the data is (DATA_DIR or DATABASE_URL) and which `.env` files were read (app/startup.py).
@@ -59,6 +62,7 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
         await cur.execute("SELECT value FROM cv_state WHERE key = 'reconcile'")
         reconcile_row = await cur.fetchone()
     queue = await queue_counts(rt.queue)
+    skipped_files = await skipped_attachments(rt.pool, limit=max(limit, 1)) if limit else []
     for status, n in queue.items():
         rt.metrics.queue_depth.labels(status).set(n)
     for status, n in pages.items():
@@ -74,6 +78,7 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
         table=rt.settings.physical_table,
         failed_jobs=failed_jobs,
         data=data_location(rt.settings),
+        skipped_attachments=skipped_files,
     )
 
 

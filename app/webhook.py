@@ -56,7 +56,10 @@ class _DirectRoute(APIRoute):
 router = APIRouter(route_class=_DirectRoute)
 
 #: Events about content other than pages and blog posts: acknowledged, not acted on.
-_IGNORED_PREFIXES = ("comment_", "attachment_", "space_", "user_", "group_", "theme_", "login", "logout")
+_IGNORED_PREFIXES = ("space_", "user_", "group_", "theme_", "login", "logout")
+#: Comment and attachment events re-index their container page, whose job converges its comments and files.
+_CHILD_KEYS = ("comment", "attachment", "attachments")
+_CONTAINER_KEYS = ("container", "parent", "attachedTo", "page", "blogpost", "content")
 _CONTENT_KEYS = (("page", "page"), ("blogpost", "blogpost"), ("blog", "blogpost"))
 _MAX_ID_LENGTH = 32
 #: What an event name may hold once normalised: Confluence's are `page_updated`, Connect's `avi:...` forms.
@@ -119,8 +122,10 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermis
         if found is None:
             raise WebhookRejected("permission event without a `content` (or `page`) object", status_code=422)
         return PageEvent(event, _page_id(found[0]), found[1])
-    if event.startswith(_IGNORED_PREFIXES) or (not event and "comment" in payload and "page" not in payload):
-        return Ignored(event or "comment", "not a page or blog post event")
+    if event.startswith(_IGNORED_PREFIXES):
+        return Ignored(event, "not a page or blog post event")
+    if event.startswith(("comment_", "attachment_")) or (not event and any(k in payload for k in _CHILD_KEYS)):
+        return _container_event(event, payload)
     if event.startswith("label_"):
         content = payload.get("labeled") or payload.get("page") or payload.get("blogpost")
         if not isinstance(content, dict):
@@ -135,6 +140,26 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermis
     if event.startswith("label_") and isinstance(payload.get("labeled"), dict):
         return PageEvent(event, _page_id(payload["labeled"]), "page")
     raise WebhookRejected("no page: expected a `page` (or `blogpost`) object with an `id`", status_code=422)
+
+
+def _container_event(event: str, payload: dict[str, Any]) -> PageEvent | Ignored:
+    """A comment or attachment event as an event of the page (or blog post) it belongs to: Cloud and Data
+    Center put that page in the child's `parent`/`container` (or beside it as `page`); one without it is
+    acknowledged and left to the page's next job."""
+    found = [payload.get(key) for key in _CHILD_KEYS]
+    holders: list[dict[str, Any]] = [
+        c for item in found for c in (item if isinstance(item, list) else [item]) if isinstance(c, dict)
+    ]
+    for holder in [*holders, payload]:
+        for key in _CONTAINER_KEYS:
+            content = holder.get(key)
+            if isinstance(content, dict) and content.get("id", content.get("idAsString")) is not None:
+                kind = content.get("contentType") or content.get("type") or key
+                if kind in ("comment", "attachment"):
+                    continue
+                name = event or ("comment_updated" if "comment" in payload else "attachment_updated")
+                return PageEvent(name, _page_id(content), "blogpost" if kind in ("blogpost", "blog") else "page")
+    return Ignored(event or "comment", "no page named for this comment or attachment")
 
 
 def _page_id(content: dict[str, Any]) -> str:
@@ -263,6 +288,7 @@ async def confluence_webhook(request: Request) -> JSONResponse:
     if outcome == "duplicate":
         return JSONResponse({"status": "duplicate", "page_id": parsed.page_id}, status_code=200)
     return JSONResponse({"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202)
+
 
 async def _space_permission_event(rt: Any, parsed: SpacePermissionEvent) -> JSONResponse:
     """Queue a re-read of the space's read permission; 503 when it cannot be stored (Confluence may retry)."""

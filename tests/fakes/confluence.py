@@ -571,9 +571,11 @@ def _handler(fake: FakeConfluence, render: Callable[[FakeConfluence, Request], J
 
 def _routes(fake: FakeConfluence) -> list[Route]:
     from tests.fakes import confluence_api as api
+    from tests.fakes import confluence_content as content
 
     table = api.CLOUD_ROUTES if fake.deployment == "cloud" else api.DC_ROUTES
-    return [Route(fake.prefix + path, _handler(fake, render), methods=["GET"]) for path, render in table]
+    pages = [Route(fake.prefix + path, _handler(fake, render), methods=["GET"]) for path, render in table]
+    return pages + content.routes(fake)  # comments, attachments and downloads
 
 
 def page_slice(

@@ -1,0 +1,178 @@
+"""A page's comments: fetched from Confluence, and turned into chunks stored with the page's rows.
+
+Footer comments and open inline comments are indexed (each its own document, `app.subdocuments`); an inline
+comment carries the page passage it is anchored to, so a search for that passage finds the discussion.
+Resolved (and dangling: the anchor text is gone) inline comments are left out: the thread is closed and its
+advice usually no longer applies. Sources:
+
+- Cloud REST v2 "Comment": `GET /pages/{id}/footer-comments` and `/pages/{id}/inline-comments` (also under
+  `/blogposts/{id}/`), `body-format=storage`, cursor pagination through `_links.next`; an inline comment has
+  `resolutionStatus` (open, reopened, resolved, dangling) and `properties.inlineOriginalSelection`; authors
+  and dates are on `version` (`authorId`, `createdAt`).
+- Data Center REST "Content - children and descendants": `GET /rest/api/content/{id}/child/comment` with
+  `expand=body.storage,version,history,extensions.inlineProperties,extensions.resolution` and `depth=all`
+  (replies included); `extensions.location` is `inline` or `footer`, `extensions.resolution.status` is
+  `open`/`resolved`/`reopened`, `extensions.inlineProperties.originalSelection` the anchored text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from llama_index.core.schema import TextNode
+
+from app.config import Settings
+from app.confluence import ConfluenceClient
+from app.convert import storage_to_markdown, user_refs
+from app.convert_macros import escape_line_starts, quote
+from app.models import Comment, Page
+from app.subdocuments import subdocument_nodes
+
+_OPEN = {"open", "reopened", ""}
+_PAGE_SIZE = "100"  # v2 comment lists: limit 1-250 (default 25); v1 child lists: at most 100 per answer
+
+
+async def fetch_comments(client: ConfluenceClient, page: Page) -> list[Comment]:
+    """Every comment on `page` (footer and inline, open and resolved), in the order Confluence lists them.
+
+    Raises the client's errors (ConfluenceUnavailable, ConfluenceAuthError...); PageNotFound if the page
+    went away between the two calls, which the job's retry resolves."""
+    comments: list[Comment] = []
+    if client.is_cloud:
+        collection = "blogposts" if page.content_type == "blogpost" else "pages"
+        for kind in ("footer", "inline"):
+            path = f"{collection}/{page.id}/{kind}-comments"
+            async for data in client.paginate("v2", path, {"body-format": "storage", "limit": _PAGE_SIZE}):
+                comments += [parse_cloud_comment(item, kind) for item in _results(data)]
+        authors = await client.resolve_users(c.author for c in comments if c.author)
+        return [_named(c, authors) for c in comments]
+    params = {
+        "expand": "body.storage,version,history,extensions.inlineProperties,extensions.resolution",
+        "depth": "all",
+        "limit": _PAGE_SIZE,
+    }
+    async for data in client.paginate("v1", f"content/{page.id}/child/comment", params):
+        comments += [parse_dc_comment(item) for item in _results(data)]
+    return comments
+
+
+def parse_cloud_comment(item: Mapping[str, Any], kind: str) -> Comment:
+    """One v2 footer/inline comment object. `author` is the account id until `fetch_comments` names it."""
+    version = _object(item.get("version"))
+    properties = _object(item.get("properties"))
+    status = str(item.get("resolutionStatus") or "").lower()
+    return Comment(
+        id=str(item.get("id", "")),
+        kind="inline" if kind == "inline" else "footer",
+        body_storage=str(_object(_object(item.get("body")).get("storage")).get("value") or ""),
+        version=_int(version.get("number")),
+        author=_text(version.get("authorId")),
+        created=_when(version.get("createdAt")),
+        highlighted=_text(properties.get("inlineOriginalSelection") or properties.get("inline-original-selection")),
+        resolved=kind == "inline" and status not in _OPEN,
+        parent_id=_text(item.get("parentCommentId")),
+    )
+
+
+def parse_dc_comment(item: Mapping[str, Any]) -> Comment:
+    """One v1 comment (`child/comment` with the expansions `fetch_comments` asks for)."""
+    extensions = _object(item.get("extensions"))
+    history = _object(item.get("history"))
+    creator = _object(history.get("createdBy"))
+    inline = str(extensions.get("location") or "").lower() == "inline"
+    status = str(_object(extensions.get("resolution")).get("status") or "").lower()
+    ancestors = item.get("ancestors")
+    parent = ancestors[-1] if isinstance(ancestors, list) and ancestors else None
+    return Comment(
+        id=str(item.get("id", "")),
+        kind="inline" if inline else "footer",
+        body_storage=str(_object(_object(item.get("body")).get("storage")).get("value") or ""),
+        version=_int(_object(item.get("version")).get("number")),
+        author=_text(creator.get("displayName") or creator.get("username")),
+        created=_when(history.get("createdDate")),
+        highlighted=_text(_object(extensions.get("inlineProperties")).get("originalSelection")),
+        resolved=inline and status not in _OPEN,
+        parent_id=_text(_object(parent).get("id")) if parent else None,
+    )
+
+
+def indexed(comments: Sequence[Comment]) -> list[Comment]:
+    """The comments we index: all footer comments and the inline ones still open."""
+    return [c for c in comments if not c.resolved and c.id]
+
+
+async def comment_nodes(client: ConfluenceClient, settings: Settings, page: Page) -> list[TextNode]:
+    """The chunks of every indexed comment of `page` ([] when INDEX_COMMENTS is off)."""
+    if not settings.index_comments:
+        return []
+    comments = indexed(await fetch_comments(client, page))
+    users = await client.resolve_users({ref for c in comments for ref in user_refs(c.body_storage)})
+    return [node for c in comments for node in nodes_for_comment(page, settings, c, users)]
+
+
+def nodes_for_comment(page: Page, settings: Settings, comment: Comment, users: Mapping[str, str]) -> list[TextNode]:
+    """One comment as chunks under `page title > <kind> comment by <author> on <date>`."""
+    body = storage_to_markdown(comment.body_storage, users=users)
+    blocks = []
+    if comment.kind == "inline" and comment.highlighted:
+        blocks.append(quote([escape_line_starts(" ".join(comment.highlighted.split()))]))
+    blocks.append(body)
+    label = "Inline comment" if comment.kind == "inline" else "Comment"
+    author = comment.author or "unknown author"
+    when = f" on {comment.created.date().isoformat()}" if comment.created else ""
+    metadata: dict[str, Any] = {
+        "comment_id": comment.id,
+        "comment_type": comment.kind,
+        "comment_author": comment.author,
+        "comment_created": comment.created.isoformat() if comment.created else None,
+        "comment_version": comment.version,
+        "highlighted_text": comment.highlighted if comment.kind == "inline" else None,
+    }
+    return subdocument_nodes(
+        page,
+        settings,
+        doc_id=f"{page.id}/comment/{comment.id}",
+        doc_type="comment",
+        path=[page.title, f"{label} by {author}{when}"],
+        markdown="\n\n".join(block for block in blocks if block.strip()),
+        metadata=metadata,
+    )
+
+
+def _named(comment: Comment, authors: Mapping[str, str]) -> Comment:
+    if comment.author and comment.author in authors:
+        return Comment(**{**_fields(comment), "author": authors[comment.author]})
+    return comment
+
+
+def _fields(comment: Comment) -> dict[str, Any]:
+    return {name: getattr(comment, name) for name in Comment.__slots__}
+
+
+def _results(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    items = data.get("results")
+    return [item for item in items if isinstance(item, Mapping)] if isinstance(items, list) else []
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str | None:
+    return str(value).strip() or None if value is not None else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
+def _when(value: Any) -> datetime | None:
+    """ISO 8601 (v2 `createdAt`, v1 `createdDate`), `Z` accepted; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

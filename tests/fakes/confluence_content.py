@@ -1,0 +1,265 @@
+"""Comments and attachments for the fake Confluence (`tests.fakes.confluence`), shaped like the real APIs.
+
+Cloud REST v2: `GET /api/v2/{pages|blogposts}/{id}/footer-comments` and `/inline-comments` (`body-format`
+decides whether `body.storage` is present; inline comments carry `resolutionStatus` and
+`properties.inlineOriginalSelection`), `GET /api/v2/{pages|blogposts}/{id}/attachments` (`mediaType`,
+`fileSize`, `version`, `downloadLink`; current attachments only). Data Center REST v1:
+`GET /rest/api/content/{id}/child/comment` (expansions `body.storage`, `version`, `history`,
+`extensions.inlineProperties`, `extensions.resolution`; footer/inline in `extensions.location`) and
+`GET /rest/api/content/{id}/child/attachment` (`metadata.mediaType`, `extensions.fileSize`,
+`_links.download` relative to the base). Both serve the bytes at `/download/attachments/{page}/{file}`.
+Lists are cursor- (Cloud) or start- (DC) paginated like every other list of the fake.
+
+    content = content_of(fake)
+    content.add_attachment("1", "spec.pdf", "application/pdf", pdf_bytes)
+    content.add_comment("1", "<p>Looks good</p>", author_id="u1")
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.fakes.confluence import FakeConfluence, page_slice
+
+JSON = dict[str, Any]
+V2_MAX_LIMIT = 250  # v2 list endpoints: `limit` 1..250 (OpenAPI schema of each comment/attachment list)
+
+
+@dataclass
+class FakeComment:
+    id: str
+    page_id: str
+    kind: Literal["footer", "inline"]
+    body: str
+    author_id: str
+    version: int = 1
+    created: datetime = field(default_factory=lambda: datetime(2024, 5, 2, 9, 30, tzinfo=UTC))
+    resolution: str = "open"  # inline: open | reopened | resolved | dangling
+    selection: str | None = None  # inline: the page text the comment is anchored to
+    status: str = "current"
+
+
+@dataclass
+class FakeAttachment:
+    id: str
+    page_id: str
+    title: str
+    media_type: str
+    data: bytes
+    version: int = 1
+    status: str = "current"  # current | trashed
+
+
+@dataclass
+class ContentStore:
+    """The fake's comments and attachments; tests change them between jobs."""
+
+    comments: dict[str, FakeComment] = field(default_factory=dict)
+    attachments: dict[str, FakeAttachment] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(900_001))
+
+    def add_comment(
+        self,
+        page_id: str,
+        body: str,
+        *,
+        author_id: str = "comment-author",
+        kind: Literal["footer", "inline"] = "footer",
+        selection: str | None = None,
+        resolution: str = "open",
+    ) -> str:
+        comment_id = str(next(self._ids))
+        self.comments[comment_id] = FakeComment(comment_id, page_id, kind, body, author_id, resolution=resolution,
+                                                selection=selection)  # fmt: skip
+        return comment_id
+
+    def edit_comment(self, comment_id: str, body: str) -> None:
+        comment = self.comments[comment_id]
+        comment.body, comment.version = body, comment.version + 1
+
+    def remove_comment(self, comment_id: str) -> None:
+        del self.comments[comment_id]
+
+    def add_attachment(self, page_id: str, title: str, media_type: str, data: bytes) -> str:
+        attachment_id = f"att{next(self._ids)}"
+        self.attachments[attachment_id] = FakeAttachment(attachment_id, page_id, title, media_type, data)
+        return attachment_id
+
+    def update_attachment(self, attachment_id: str, data: bytes) -> None:
+        """A new version of the file (same id, version + 1), as an upload over it does."""
+        attachment = self.attachments[attachment_id]
+        attachment.data, attachment.version = data, attachment.version + 1
+
+    def set_attachment_status(self, attachment_id: str, status: str) -> None:
+        self.attachments[attachment_id].status = status
+
+    def remove_attachment(self, attachment_id: str) -> None:
+        del self.attachments[attachment_id]
+
+    def of_page(self, page_id: str) -> tuple[list[FakeComment], list[FakeAttachment]]:
+        comments = [c for c in self.comments.values() if c.page_id == page_id and c.status == "current"]
+        files = [a for a in self.attachments.values() if a.page_id == page_id and a.status == "current"]
+        return comments, files
+
+
+def content_of(fake: FakeConfluence) -> ContentStore:
+    """The fake's content store (created on first use)."""
+    store = getattr(fake, "content", None)
+    if store is None:
+        store = ContentStore()
+        fake.content = store  # type: ignore[attr-defined]
+    return store
+
+
+def routes(fake: FakeConfluence) -> list[Route]:
+    """The comment, attachment and download routes for `fake`'s deployment, under its context path."""
+    content_of(fake)
+    p = fake.prefix
+    download = Route(p + "/download/attachments/{page}/{name:path}", _download(fake), methods=["GET"])
+    if fake.deployment == "cloud":
+        table = [
+            *(f"/api/v2/{c}/{{id}}/{kind}-comments" for c in ("pages", "blogposts") for kind in ("footer", "inline")),
+            *(f"/api/v2/{c}/{{id}}/attachments" for c in ("pages", "blogposts")),
+        ]
+        return [Route(p + path, _json(fake, _v2), methods=["GET"]) for path in table] + [download]
+    return [
+        Route(p + "/rest/api/content/{id}/child/comment", _json(fake, _dc_comments), methods=["GET"]),
+        Route(p + "/rest/api/content/{id}/child/attachment", _json(fake, _dc_attachments), methods=["GET"]),
+        download,
+    ]
+
+
+def _json(fake: FakeConfluence, render: Any) -> Any:
+    async def endpoint(request: Request) -> Response:
+        with fake._lock:
+            page_id = str(request.path_params["id"])
+            if page_id not in {item.id for item in fake._sorted()}:
+                return JSONResponse({"statusCode": 404, "message": f"No content with id {page_id}"}, status_code=404)
+            return JSONResponse(render(fake, request, page_id))
+
+    return endpoint
+
+
+def _body(fake: FakeConfluence, results: list[JSON], next_link: str | None, request: Request) -> JSON:
+    links: JSON = {"base": fake.base_url, "context": fake.prefix}
+    if next_link is not None:
+        links["next"] = next_link
+    body: JSON = {"results": results, "_links": links}
+    if fake.deployment == "datacenter":
+        start = int(request.query_params.get("start", "0") or 0)
+        body |= {"start": start, "limit": fake._limit(request), "size": len(results)}
+    return body
+
+
+def _v2(fake: FakeConfluence, request: Request, page_id: str) -> JSON:
+    comments, files = content_of(fake).of_page(page_id)
+    path = request.url.path
+    with_body = request.query_params.get("body-format") == "storage"
+    if path.endswith("/attachments"):
+        items = [_v2_attachment(fake, a) for a in files]
+    else:
+        kind = "inline" if path.endswith("/inline-comments") else "footer"
+        items = [_v2_comment(c, with_body) for c in comments if c.kind == kind]
+    chunk, next_link = page_slice(fake, request, items, maximum=V2_MAX_LIMIT)
+    return _body(fake, chunk, next_link, request)
+
+
+def _v2_comment(c: FakeComment, with_body: bool) -> JSON:
+    item: JSON = {
+        "id": c.id,
+        "status": "current",
+        "title": f"Re: {c.page_id}",
+        "pageId": c.page_id,
+        "version": {"number": c.version, "authorId": c.author_id, "createdAt": c.created.isoformat()},
+        "body": {"storage": {"value": c.body, "representation": "storage"}} if with_body else {},
+        "_links": {"webui": f"/spaces/X/pages/{c.page_id}?focusedCommentId={c.id}"},
+    }
+    if c.kind == "inline":
+        item["resolutionStatus"] = c.resolution
+        item["properties"] = {"inlineMarkerRef": f"marker-{c.id}", "inlineOriginalSelection": c.selection or ""}
+    return item
+
+
+def _link(a: FakeAttachment) -> str:
+    return f"/download/attachments/{a.page_id}/{quote(a.title)}?version={a.version}&api=v2"
+
+
+def _v2_attachment(fake: FakeConfluence, a: FakeAttachment) -> JSON:
+    return {
+        "id": a.id,
+        "status": a.status,
+        "title": a.title,
+        "pageId": a.page_id,
+        "mediaType": a.media_type,
+        "fileSize": len(a.data),
+        "version": {"number": a.version},
+        "downloadLink": _link(a),
+        "_links": {"download": _link(a), "webui": f"/pages/viewpageattachments.action?pageId={a.page_id}"},
+    }
+
+
+def _dc_comments(fake: FakeConfluence, request: Request, page_id: str) -> JSON:
+    comments, _ = content_of(fake).of_page(page_id)
+    expand = {e for raw in request.query_params.getlist("expand") for e in raw.split(",")}
+    items = []
+    for c in comments:
+        item: JSON = {"id": c.id, "type": "comment", "status": "current", "title": f"Re: {c.page_id}"}
+        if "body.storage" in expand:
+            item["body"] = {"storage": {"value": c.body, "representation": "storage"}}
+        if "version" in expand:
+            item["version"] = {"number": c.version}
+        if "history" in expand:
+            creator = fake._user(c.author_id)
+            item["history"] = {"createdBy": creator, "createdDate": c.created.isoformat()}
+        extensions: JSON = {"location": c.kind}
+        if c.kind == "inline" and "extensions.inlineProperties" in expand:
+            extensions["inlineProperties"] = {"originalSelection": c.selection or "", "markerRef": f"m-{c.id}"}
+        if c.kind == "inline" and "extensions.resolution" in expand:
+            extensions["resolution"] = {"status": c.resolution}
+        item["extensions"] = extensions
+        items.append(item)
+    chunk, next_link = page_slice(fake, request, items)
+    return _body(fake, chunk, next_link, request)
+
+
+def _dc_attachments(fake: FakeConfluence, request: Request, page_id: str) -> JSON:
+    _, files = content_of(fake).of_page(page_id)
+    items = [
+        {
+            "id": a.id,
+            "type": "attachment",
+            "status": a.status,
+            "title": a.title,
+            "metadata": {"mediaType": a.media_type},
+            "extensions": {"mediaType": a.media_type, "fileSize": len(a.data)},
+            "version": {"number": a.version},
+            "_links": {"download": _link(a)},
+        }
+        for a in files
+    ]
+    chunk, next_link = page_slice(fake, request, items)
+    return _body(fake, chunk, next_link, request)
+
+
+def _download(fake: FakeConfluence) -> Any:
+    async def endpoint(request: Request) -> Response:
+        page_id, name = str(request.path_params["page"]), unquote(str(request.path_params["name"]))
+        with fake._lock:
+            found = [
+                a
+                for a in content_of(fake).attachments.values()
+                if a.page_id == page_id and a.title == name and a.status == "current"
+            ]
+        if not found:
+            return JSONResponse({"statusCode": 404, "message": "attachment not found"}, status_code=404)
+        return Response(found[0].data, media_type=found[0].media_type)
+
+    return endpoint
