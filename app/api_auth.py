@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
 
 from app.config import Settings
 from app.credentials import verify_token
@@ -38,32 +37,11 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-@dataclass(frozen=True, slots=True)
-class Exposure:
-    """Where the server listens, decided once at start-up."""
-
-    bind_host: str
-
-    @property
-    def public(self) -> bool:
-        return not is_loopback(self.bind_host)
-
-
-def configure_exposure(app: FastAPI, host: str) -> Exposure:
-    """Tell `require_api_token` which address the server binds. Kept on `app.state`, so two apps in one
-    process (tests, a reindex side-car) each have their own."""
-    exposure = Exposure(bind_host=host)
-    app.state.exposure = exposure
-    return exposure
-
-
-def _exposure(request: Request) -> Exposure | None:
-    state = request.app.state
-    exposure = getattr(state, "exposure", None)
-    if isinstance(exposure, Exposure):
-        return exposure
-    bind_host = getattr(state, "bind_host", None)  # what `create_app` records
-    return Exposure(bind_host) if isinstance(bind_host, str) else None
+def _bind_host(request: Request) -> str | None:
+    """The address the server binds, as `app.api.create_app` records it on `app.state` (per app, so two apps
+    in one process, as in tests, each have their own); None when the app never said."""
+    bind_host = getattr(request.app.state, "bind_host", None)
+    return bind_host if isinstance(bind_host, str) else None
 
 
 def _settings(request: Request) -> Settings:
@@ -102,8 +80,8 @@ async def require_api_token(request: Request) -> None:
             )
         return
 
-    exposure = _exposure(request)
-    if exposure is None or exposure.public:
+    bind_host = _bind_host(request)
+    if bind_host is None or not is_loopback(bind_host):
         raise HTTPException(
             status_code=403,
             detail="API_TOKEN is not set and the server is not bound to a loopback address: "

@@ -16,14 +16,9 @@ def as_bytes(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def signature_for(body: bytes, secret: str) -> str:
-    """The `X-Hub-Signature` value Confluence Data Center sends for `body`: `sha256=` + the hex HMAC-SHA256
-    of the raw body under the webhook's secret (Confluence Data Center admin guide, "Managing webhooks")."""
-    return "sha256=" + hmac.new(as_bytes(secret), body, hashlib.sha256).hexdigest()
-
-
 def verify_signature(body: bytes, header: str | None, secret: str) -> bool:
-    """True when `header` is the HMAC-SHA256 of the raw `body` under `secret`, as `sha256=<hex>` or bare hex.
+    """True when `header` is the HMAC-SHA256 of the raw `body` under `secret`, as `sha256=<hex>` (what
+    Confluence Data Center sends in `X-Hub-Signature`: admin guide, "Managing webhooks") or bare hex.
 
     Any other algorithm prefix is refused rather than guessed at: a downgrade to SHA-1 is not ours to accept.
     A missing header or an empty secret never verifies.

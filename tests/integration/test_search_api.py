@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
-from app.api_auth import configure_exposure, require_api_token
+from app.api_auth import require_api_token
 from app.config import Settings
 from app.deliveries import prune_deliveries, recently_seen, remember_deliveries
 from app.errors import EmbeddingUnavailable
@@ -40,7 +40,7 @@ def build_app(pool: Any, settings: Settings, *, bind: str | None = "127.0.0.1", 
 
     app.state.runtime = FakeRuntime(pool=pool, embedder=embedder or FakeQueryEmbedder(), settings=settings)
     if bind is not None:
-        configure_exposure(app, bind)
+        app.state.bind_host = bind  # what app.api.create_app records
     return app
 
 
