@@ -222,3 +222,25 @@ def test_service_survived_the_fuzzing(fuzz_api: Api) -> None:
     found = httpx.get(f"{fuzz_api.url}/search", params={"q": "canary checks"}, headers=AUTH, timeout=30)
     assert found.status_code == 200 and found.json()["results"], found.text
     assert "Traceback" not in fuzz_api.logs(), fuzz_api.logs()[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"event": "page_updated", "page": {"id": ' + b"7" * 5000 + b"}}", "too many digits"),
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        (b'{"event": "page_updated\\u0000", "page": {"id": 1}}', "event name"),
+        (b'{"page": {"id": ' + b"9" * 40 + b"}}", "longer than 32 digits"),
+    ],
+    ids=["5000-digit int", "deep nesting", "NUL in event", "40-digit numeric id"],
+)
+def test_hostile_webhook_bodies_get_a_4xx_with_a_reason(fuzz_api: Api, body: bytes, reason: str) -> None:
+    """Issue 10: a 5,000-digit integer answered 500; every malformed body gets a 4xx that says why."""
+    response = httpx.post(
+        f"{fuzz_api.url}/webhook/confluence",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert reason in response.json()["reason"]
