@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
-from app.api_auth import require_api_token
 from app.api_auth import require_api_token
 from app.config import Settings
 from app.gauges import StateGauges
@@ -54,7 +54,9 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
                     await worker_task
             await runtime.close()
 
-    app = FastAPI(
+    # /docs and /redoc from assets shipped in the `fastapi-offline` package, not a CDN (FastAPI's "Self-hosting
+    # JavaScript and CSS for docs" recipe): the docs work on a machine without internet.
+    app = FastAPIOffline(
         title="confluence-vectors",
         version=__version__,
         description="Keeps a Postgres/pgvector index of a Confluence wiki in sync, live.",

