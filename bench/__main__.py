@@ -24,6 +24,7 @@ from bench.common import RESULTS, console, machine
 
 MODULES = (
     "convert_fidelity",
+    "hostile_input",
     "write_path",
     "embedding_economy",
     "pipeline_efficiency",
