@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from app.config import Settings
 from app.errors import (
@@ -93,6 +93,29 @@ class OllamaBgeM3Embedding(BaseEmbedding):
     _legacy: bool = PrivateAttr(default=False)
     _calls: int = PrivateAttr(default=0)
     _inputs: int = PrivateAttr(default=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _service_defaults(cls, data: Any) -> Any:
+        """Fields not given come from the service's settings (environment and `.env`, as `Settings` reads them),
+        so `OllamaBgeM3Embedding()` in a user's script embeds with the same Ollama server and model as the
+        service. Invalid settings leave the class defaults (the script passes what it needs explicitly)."""
+        if not isinstance(data, dict):
+            return data
+        from app.config import get_settings
+
+        try:
+            settings = get_settings()
+        except Exception:  # pydantic ValidationError: a bad unrelated setting must not break a query script
+            return data
+        return {
+            "base_url": settings.ollama_base_url,
+            "model_name": settings.embed_model,
+            "dimension": settings.embed_dim,
+            "embed_batch_size": settings.embed_batch_size,
+            "timeout": settings.embed_timeout,
+            "num_ctx": settings.embed_max_tokens,
+        } | data
 
     @classmethod
     def class_name(cls) -> str:

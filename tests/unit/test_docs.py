@@ -28,3 +28,27 @@ def test_every_command_is_in_readme(command: str) -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in README and "make test" in (REPO / ".ci" / "run").read_text()
+
+
+async def test_api_docs_load_without_internet() -> None:
+    """/docs and /redoc reference only assets the service itself serves (no CDN), and those assets answer."""
+    import re
+
+    import httpx
+
+    from app.api import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(), worker=False)  # the routes only: no lifespan, no database
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for page in ("/docs", "/redoc"):
+            html = (await client.get(page)).text
+            assets = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?['"]([^'"]+)['"]""", html)
+            urls = [a or b for a, b in assets]
+            assert urls, html
+            assert not [u for u in urls if u.startswith(("http://", "https://", "//"))], urls
+            for url in urls:
+                if url.endswith((".js", ".css", ".png")):
+                    response = await client.get(url)
+                    assert response.status_code == 200 and len(response.content) > 1000, url
