@@ -21,7 +21,7 @@ from procrastinate import exceptions as pexc
 from app import access
 from app.access import PageAccess, Restriction, SpaceAccess
 from app.errors import RetryableError
-from app.models import Page
+from app.models import ContentType, Page
 from app.permissions_client import AccessUnavailable, PermissionsClient, restriction_unknown, space_unknown
 from app.queue import MAINTENANCE_QUEUE, tasks
 from app.runtime import Runtime, current
@@ -54,7 +54,16 @@ class AccessOutcome:
     path_changed: bool = False
 
 
-async def record_page_access(rt: Runtime, page: Page) -> AccessOutcome:
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    """All `record_page_access` needs of a page (a `Page` has these too)."""
+
+    id: str
+    space_key: str
+    content_type: ContentType
+
+
+async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome:
     """Read and store who may read `page`: its space, its path, and the restriction of every id on the path.
 
     The page's own restriction is always read fresh (an edit or a permission event brought us here); an
@@ -180,6 +189,7 @@ class SyncReport:
     spaces: int = 0
     restrictions: int = 0
     not_established: int = 0
+    adopted: int = 0  # indexed pages that had no access record yet (indexed before issue 12)
 
 
 async def sync_permissions(rt: Runtime) -> SyncReport:
@@ -189,6 +199,23 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
     and anything left not established by an earlier failure.
     """
     permissions(rt).forget_people()
+    report = SyncReport()
+    async with rt.pool.connection() as conn:  # indexed before access was recorded (an upgrade): adopt them
+        cur = await conn.execute(
+            """SELECT p.page_id, p.space_key, p.content_type FROM cv_pages AS p
+               WHERE p.status = 'indexed' AND p.space_key IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.page_id = p.page_id)
+               ORDER BY p.page_id"""
+        )
+        orphans = [
+            PageKey(str(r[0]), str(r[1]), "blogpost" if r[2] == "blogpost" else "page") for r in await cur.fetchall()
+        ]
+    for key in orphans:
+        try:
+            await record_page_access(rt, key)
+            report.adopted += 1
+        except RetryableError as exc:
+            log.warning("page access not recorded; retried next sync", extra={"page_id": key.id, "error": str(exc)})
     async with rt.pool.connection() as conn:
         cur = await conn.execute(
             "SELECT space_key FROM cv_page_access UNION SELECT space_key FROM cv_space_access ORDER BY 1"
@@ -196,7 +223,7 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
         spaces = [str(r[0]) for r in await cur.fetchall()]
         cur = await conn.execute("SELECT DISTINCT unnest(path) FROM cv_page_access ORDER BY 1")
         contents = [str(r[0]) for r in await cur.fetchall()]
-    report = SyncReport(spaces=len(spaces), restrictions=len(contents))
+    report.spaces, report.restrictions = len(spaces), len(contents)
     for space_key in spaces:
         if (await refresh_space(rt, space_key)).principals is None:
             report.not_established += 1

@@ -425,6 +425,44 @@ def mcp(
     stdio_server(settings, person=as_person).run("stdio")
 
 
+@cli.command("sync-permissions")
+def sync_permissions_command() -> None:
+    """Re-read permissions now: spaces, restrictions on every indexed path, and pages indexed before access
+    was recorded (run once after upgrading: until then those pages are visible to nobody)."""
+    import dataclasses
+
+    from app.access_jobs import sync_permissions
+
+    settings = _settings()
+    report = _run(lambda: _with_runtime(settings, sync_permissions))
+    console.print(json.dumps(dataclasses.asdict(report)))
+
+
+@cli.command("explain-access")
+def explain_access(
+    as_user: Annotated[str, typer.Option("--as", help="The person: Cloud account id / DC username.")],
+    page: Annotated[str, typer.Option(help="Page id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Why a person may or may not read a page: the stored decision (what searches use) and Confluence's now."""
+    import dataclasses
+
+    from app.access_explain import explain
+
+    settings = _settings()
+    result = _run(lambda: _with_runtime(settings, lambda rt: explain(rt, as_user, page)))
+    if as_json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    t = Table("", "may read", "decided by", "content", "detail")
+    for name, decision in (("stored", result.stored), ("Confluence now", result.live)):
+        t.add_row(name, "yes" if decision["allowed"] else "no", decision["part"], decision["content_id"] or "",
+                  decision["detail"])  # fmt: skip
+    console.print(t)
+    if result.differs:
+        console.print("[yellow]The stored record is stale: the next page job or permission sync corrects it.[/yellow]")
+
+
 async def _with_runtime(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
     from app.runtime import Runtime
 

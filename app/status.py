@@ -8,6 +8,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from app.access import unestablished
 from app.attachments.index import skipped as skipped_attachments
 from app.queue import queue_counts
 from app.runtime import Runtime
@@ -30,6 +31,9 @@ class StatusReport:
     failed_jobs: list[dict[str, Any]] = field(default_factory=list)
     #: Where the data is (DATA_DIR or DATABASE_URL) and which `.env` files were read (app/startup.py).
     data: str = ""
+    #: Access that could not be established, so hidden from everyone (fail closed): space keys and content
+    #: ids with the error, never titles (app/access.py). Operator-level, like the rest of /status.
+    access_not_established: dict[str, Any] = field(default_factory=dict)
 
 
 async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
@@ -79,6 +83,7 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
         failed_jobs=failed_jobs,
         data=data_location(rt.settings),
         skipped_attachments=skipped_files,
+        access_not_established=await unestablished(rt.pool, limit=limit),
     )
 
 

@@ -8,6 +8,8 @@ ancestors, on a folder, on leaves, on a blog post; naming users, groups or both)
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.e2e.harness import Api, running, service_env, wait_until
+from tests.e2e.harness import Api, cli_path, running, service_env, wait_until
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.confluence_permissions import FakePermissions
 from tests.fakes.ollama import FakeOllama
@@ -32,6 +34,7 @@ PEOPLE = {
     "p-contractor": "Con (OPS by a direct user grant, no groups)",
     "p-outsider": "Out (licensed, in no space)",
 }
+Service = tuple[Api, FakeOllama, dict[str, str]]
 GROUPS = {
     "g-staff": ("staff", {"p-space", "p-sre", "p-named", "p-hr", "p-lead", "p-sec"}),
     "g-eng": ("engineering", {"p-space", "p-sre", "p-lead"}),
@@ -138,13 +141,19 @@ def wiki() -> Iterator[Wiki]:
 
 
 @pytest.fixture()
-def service(db_url: str, wiki: Wiki, tmp_path: Path) -> Iterator[tuple[Api, FakeOllama]]:
+def sync_interval() -> str:
+    """PERMISSION_SYNC_INTERVAL of the service: short, so membership changes converge within a test."""
+    return "2"
+
+
+@pytest.fixture()
+def service(db_url: str, wiki: Wiki, tmp_path: Path, sync_interval: str) -> Iterator[Service]:
     ollama = FakeOllama(dim=1024).start()
     env = service_env(database_url=db_url, confluence=wiki.fake, ollama=ollama, data_dir=tmp_path / "data")
-    env.update({"SEARCH_SERVICE_IDENTITY": "", "PERMISSION_SYNC_INTERVAL": "2"})
+    env.update({"SEARCH_SERVICE_IDENTITY": "", "PERMISSION_SYNC_INTERVAL": sync_interval})
     try:
         with running(Api(env, tmp_path / "api.log")) as api:
-            yield api, ollama  # type: ignore[misc]
+            yield api, ollama, env  # type: ignore[misc]
     finally:
         ollama.stop()
 
@@ -194,13 +203,18 @@ def forge_permission_event(api: Api, page_id: str) -> None:
     assert response.status_code == 202, response.text
 
 
+def sync_state(db_url: str) -> bool:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT 1 FROM cv_state WHERE key = 'permission_sync'").fetchone()
+    return row is not None
+
+
 def converged(api: Api, wiki: Wiki) -> bool:
     return not mismatches(api, wiki)
 
 
-def test_every_person_finds_exactly_what_the_rule_allows(service: tuple[Api, FakeOllama], wiki: Wiki,
-                                                          db_url: str) -> None:  # fmt: skip
-    api, _ = service
+def test_every_person_finds_exactly_what_the_rule_allows(service: Service, wiki: Wiki, db_url: str) -> None:
+    api, _, _ = service
     assert len(wiki.pages) == 61 and len(wiki.perms.restrictions) == 13
     index_all(api, wiki, db_url)
 
@@ -227,9 +241,8 @@ def test_every_person_finds_exactly_what_the_rule_allows(service: tuple[Api, Fak
     assert unknown.status_code == 403 and "results" not in unknown.json()
 
 
-def test_changes_converge_and_a_refused_api_fails_closed(service: tuple[Api, FakeOllama], wiki: Wiki,
-                                                         db_url: str) -> None:  # fmt: skip
-    api, ollama = service
+def test_changes_converge_and_a_refused_api_fails_closed(service: Service, wiki: Wiki, db_url: str) -> None:
+    api, ollama, _ = service
     index_all(api, wiki, db_url)
     assert converged(api, wiki)
 
@@ -276,9 +289,13 @@ def test_changes_converge_and_a_refused_api_fails_closed(service: tuple[Api, Fak
     wait_until(lambda: converged(api, wiki), timeout=30, what="130 visible again once the API answers")
 
 
-def test_explain_access_names_the_deciding_part(service: tuple[Api, FakeOllama], wiki: Wiki, db_url: str) -> None:
-    api, _ = service
+@pytest.mark.parametrize("sync_interval", ["3600"])
+def test_explain_access_names_the_deciding_part(service: Service, wiki: Wiki, db_url: str) -> None:
+    api, _, env = service
     index_all(api, wiki, db_url)
+    # The first scheduled permission sync runs at the first tick; after it none for an hour, so the record
+    # made stale below stays stale while we look at it.
+    wait_until(lambda: sync_state(db_url), timeout=120, what="first permission sync")
     explain = httpx.get(f"{api.url}/access/explain", params={"user": "p-sre", "page": "221"}, timeout=30)
     assert explain.status_code == 200, explain.text
     body = explain.json()
@@ -290,3 +307,12 @@ def test_explain_access_names_the_deciding_part(service: tuple[Api, FakeOllama],
     wiki.perms.restrict("220")
     explain = httpx.get(f"{api.url}/access/explain", params={"user": "p-sre", "page": "221"}, timeout=30).json()
     assert explain["stored"]["allowed"] is False and explain["live"]["allowed"] is True and explain["differs"]
+
+    # The same from the CLI, for operators on the machine.
+    cli = subprocess.run(
+        [cli_path(), "explain-access", "--as", "p-sre", "--page", "221", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    printed = json.loads(cli.stdout)
+    assert (printed["stored"]["content_id"], printed["live"]["allowed"], printed["differs"]) == ("220", True, True)
