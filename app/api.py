@@ -64,9 +64,11 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
     )
     app.include_router(webhook_router)
     app.include_router(search_router)
-    mcp_sessions = mount_mcp(app, lambda: app.state.runtime, bind_host=bind_host)  # /mcp, same token as /search
-
     app.include_router(access_router)  # /access/explain (issue 12), token-protected like /status
+    mcp_sessions = mount_mcp(  # /mcp, behind the same token as /search
+        app, lambda: app.state.runtime, bind_host=bind_host, token_required=settings.api_token is not None
+    )
+
     state_gauges = StateGauges()
 
     @app.get("/healthz", summary="Process is alive")

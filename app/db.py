@@ -150,16 +150,32 @@ async def migrate(url: str, settings: Settings, *, table: str | None = None) -> 
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
 
 
+#: Postgres keeps the first NAMEDATALEN-1 = 63 bytes of an identifier ("Identifiers and Key Words", PostgreSQL
+#: docs, 4.1.1); a longer name is truncated, with only a NOTICE.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def fit_identifier(name: str) -> str:
+    """`name` as Postgres stores it: at most 63 bytes, cut on a character boundary (what Postgres itself does
+    with a longer name, so tables created before names were cut here keep theirs)."""
+    data = name.encode("utf-8")
+    if len(data) <= MAX_IDENTIFIER_BYTES:
+        return name
+    return data[:MAX_IDENTIFIER_BYTES].decode("utf-8", "ignore")
+
+
 def vector_index_names(table: str) -> dict[str, str]:
-    """Index names of `data_<table>` by role; PGVectorStore's own names where it has one."""
+    """Index names of `data_<table>` by role; PGVectorStore's own names where it has one. Each fits 63 bytes
+    and, for any `VECTOR_TABLE` the settings allow (51 characters at most), differs from the others."""
     physical = f"data_{table}"
-    return {
+    names = {
         "node_id": f"{physical}_node_id_key",
         "tsv": f"{table}_idx",
         "ref_doc_id": f"{table}_idx_1",
         "space_key": f"{physical}_space_key_idx",
         "embedding": f"{physical}_embedding_idx",
     }
+    return {role: fit_identifier(name) for role, name in names.items()}
 
 
 async def ensure_vector_table(conn: psycopg.AsyncConnection[Any], table: str, dim: int) -> None:

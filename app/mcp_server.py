@@ -568,7 +568,9 @@ class _RequireApiToken:
         await self.inner(scope, receive, send)
 
 
-def mount_http(app: Any, runtime: Callable[[], Runtime], *, bind_host: str, path: str = "/mcp") -> Any:
+def mount_http(
+    app: Any, runtime: Callable[[], Runtime], *, bind_host: str, token_required: bool, path: str = "/mcp"
+) -> Any:
     """Serve the MCP server at `path` of the FastAPI `app` (streamable HTTP), behind the API token.
 
     Stateless mode (no server-side session between requests): any API replica can answer any request, as for
@@ -581,15 +583,18 @@ def mount_http(app: Any, runtime: Callable[[], Runtime], *, bind_host: str, path
     from app.api_auth import is_loopback
 
     server = build_server(runtime)
-    # On loopback the SDK's DNS-rebinding protection (Host/Origin allow-list) applies; on a network bind the
-    # Host is the operator's name for the service, and the bearer token is what keeps strangers out.
-    security = None if is_loopback(bind_host) else TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    # DNS rebinding lets a web page in the user's browser reach a loopback server under the page's own host
+    # name; it matters when nothing else authenticates the caller (no API_TOKEN: loopback clients only), so
+    # then the SDK's Host/Origin allow-list applies. With a token the browser never has it, and the Host is the
+    # operator's name for the service (a reverse proxy in front of a loopback bind), which the list would refuse.
+    protect = is_loopback(bind_host) and not token_required
+    security = None if protect else TransportSecuritySettings(enable_dns_rebinding_protection=False)
     transport = server.streamable_http_app(
         streamable_http_path=path,
         stateless_http=True,
         json_response=True,
         transport_security=security,
-        host="127.0.0.1" if is_loopback(bind_host) else bind_host,
+        host="127.0.0.1" if protect else bind_host,
     )
     endpoint = next(r for r in transport.routes if isinstance(r, Route) and r.path == path).endpoint
     app.router.routes.append(Route(path, endpoint=_RequireApiToken(endpoint), methods=["GET", "POST", "DELETE"]))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -203,13 +204,15 @@ def _vector_sql(
     return sql.SQL(
         """
         WITH {nearest}
-        SELECT 1 - n.distance AS score, d.text, d.metadata_, d.node_id
-        FROM nearest AS n JOIN {t} AS d ON d.id = n.id
+        SELECT 1 - n.distance AS score, d.text, d.metadata_, d.node_id, {version_columns}
+        FROM nearest AS n JOIN {t} AS d ON d.id = n.id {version_join}
         ORDER BY n.distance, d.id
         """
     ).format(
         t=sql.Identifier(f"data_{table}"),
         nearest=_nearest_cte(table, space=space, label=label, limit="k", principals=principals),
+        version_columns=_VERSION_COLUMNS,
+        version_join=_VERSION_JOIN,
     )
 
 
@@ -274,8 +277,8 @@ def _hybrid_sql(
                    l.rank AS lexical_rank, s.rank AS semantic_rank
             FROM semantic AS s FULL OUTER JOIN lexical AS l ON s.id = l.id
         )
-        SELECT f.score, d.text, d.metadata_, d.node_id
-        FROM fused AS f JOIN {t} AS d ON d.id = f.id
+        SELECT f.score, d.text, d.metadata_, d.node_id, {version_columns}
+        FROM fused AS f JOIN {t} AS d ON d.id = f.id {version_join}
         ORDER BY f.score DESC, f.lexical_rank NULLS LAST, f.semantic_rank NULLS LAST
         LIMIT %(k)s
         """
@@ -283,13 +286,22 @@ def _hybrid_sql(
         t=sql.Identifier(f"data_{table}"),
         where=_filters("d", space=space, label=label, principals=principals),
         nearest=_nearest_cte(table, space=space, label=label, limit="candidates", principals=principals),
+        version_columns=_VERSION_COLUMNS,
+        version_join=_VERSION_JOIN,
     )
+
+
+#: Per-version fields live once per page in `cv_pages`, not in the chunk rows (see `app.chunking.version_metadata`);
+#: rows written before that still carry them in `metadata_`, the fallback in `_hit`.
+_VERSION_COLUMNS = sql.SQL("p.version AS page_version, p.last_modified AS page_last_modified")
+_VERSION_JOIN = sql.SQL("LEFT JOIN cv_pages AS p ON p.page_id = d.metadata_ ->> 'ref_doc_id'")
 
 
 def _hit(row: dict[str, Any]) -> SearchHit:
     meta: dict[str, Any] = row["metadata_"] or {}
-    version = meta.get("version")
-    last_modified = meta.get("last_modified")
+    version = row.get("page_version") if row.get("page_version") is not None else meta.get("version")
+    modified = row.get("page_last_modified")
+    last_modified = modified.astimezone(UTC).isoformat() if modified is not None else meta.get("last_modified")
     return SearchHit(
         score=float(row["score"]),
         text=row["text"],

@@ -94,8 +94,49 @@ def content_hash(node_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(node_ids).encode()).hexdigest()
 
 
+#: The `cv_pages` columns a write of a page records (`indexed_columns`), in that order.
+INDEXED_COLUMNS = (
+    "content_type",
+    "space_key",
+    "title",
+    "url",
+    "version",
+    "last_modified",
+    "author",
+    "content_hash",
+    "meta_hash",
+    "chunk_count",
+    "chunk_ids",
+)
+
+
+def indexed_columns(page: Page, ids: Sequence[str], page_meta_hash: str) -> dict[str, Any]:
+    """The `cv_pages` columns (name -> value) that record `page` written as the chunks `ids`, in reading order.
+
+    One list for every writer of that record: the pipeline (`VectorStore._record_indexed`) and a reindex,
+    which keeps the same record for its shadow table and copies it into `cv_pages` when it swaps the tables.
+    """
+    return {
+        "content_type": page.content_type,
+        "space_key": page.space_key,
+        "title": page.title,
+        "url": page.url,
+        "version": page.version,
+        "last_modified": page.last_modified,
+        "author": page.author,
+        "content_hash": content_hash(ids),
+        "meta_hash": page_meta_hash,
+        "chunk_count": len(ids),
+        "chunk_ids": list(ids),  # reading order: get_page (app/page_text.py) rebuilds the page in this order
+    }
+
+
 def row_metadata(node: BaseNode) -> dict[str, Any]:
-    """The `metadata_` column exactly as `PGVectorStore.add` writes it, so LlamaIndex can rebuild the node."""
+    """The `metadata_` column exactly as `PGVectorStore.add` writes it, so LlamaIndex can rebuild the node.
+
+    Only what a chunk or a move changes belongs here (`app.chunking.page_metadata`): a row is rewritten when
+    its metadata differs, so a per-version field here would make every edit rewrite every row of the page.
+    """
     return node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
 
 
@@ -208,28 +249,33 @@ class VectorStore:
             metadata_updated=metadata_updated,
         )
 
+    async def remove_rows(self, page_id: str) -> int:
+        """Delete a page's rows and nothing else (a store without state: a reindex's shadow table, whose
+        page records the reindex keeps itself). Returns the rows removed."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                sql.SQL("DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t), (page_id,)
+            )
+            return cur.rowcount
+
     async def _record_indexed(
         self, conn: AsyncConnection[Any], page: Page, ids: Sequence[str], page_meta_hash: str
     ) -> None:
+        """The page's state row, in the rows' transaction. It is also where the per-version fields live
+        (`version`, `last_modified`, `author`; see `app.chunking.version_metadata`): one row per edit, instead
+        of a metadata rewrite of every chunk row."""
+        columns = indexed_columns(page, ids, page_meta_hash)
         await conn.execute(
-            """UPDATE cv_pages SET content_type = %s, space_key = %s, title = %s, url = %s, version = %s,
-                          last_modified = %s, status = 'indexed', reason = NULL, content_hash = %s,
-                          meta_hash = %s, chunk_count = %s, chunk_ids = %s, indexed_at = now(), last_error = NULL,
-                          attempts = 0, updated_at = now()
-                   WHERE page_id = %s""",
-            (
-                page.content_type,
-                page.space_key,
-                page.title,
-                page.url,
-                page.version,
-                page.last_modified,
-                content_hash(ids),
-                page_meta_hash,
-                len(ids),
-                list(ids),  # reading order: get_page (app/page_text.py) rebuilds the page in this order
-                page.id,
+            sql.SQL(
+                """UPDATE cv_pages SET {assignments}, status = 'indexed', reason = NULL, indexed_at = now(),
+                          last_error = NULL, attempts = 0, updated_at = now()
+                   WHERE page_id = %(page_id)s"""
+            ).format(
+                assignments=sql.SQL(", ").join(
+                    sql.SQL("{c} = {v}").format(c=sql.Identifier(c), v=sql.Placeholder(c)) for c in columns
+                )
             ),
+            {**columns, "page_id": page.id},
         )
 
     async def delete_page(
@@ -355,7 +401,11 @@ class VectorStore:
         if self.embed_model is None:
             return
         row = await (
-            await conn.execute("SELECT embed_model FROM cv_index_meta WHERE table_name = %s", (self.table,))
+            # FOR SHARE: a reindex swapping tables takes this row FOR UPDATE, so it waits for writes that
+            # checked the old model to commit, and writes that start later see the new one (app/reindex.py).
+            await conn.execute(
+                "SELECT embed_model FROM cv_index_meta WHERE table_name = %s FOR SHARE", (self.table,)
+            )
         ).fetchone()
         if row is not None and row[0] != self.embed_model:
             raise RetryableError(

@@ -222,6 +222,12 @@ async def test_http_transport_behind_the_api_token(indexed: tuple[str, str]) -> 
             assert refused.status_code == 401 and "bearer" in refused.headers["www-authenticate"].lower()
             wrong = await raw.post(url, json=initialize, headers=headers | {"Authorization": "Bearer wrong"})
             assert wrong.status_code == 401 and API_TOKEN not in wrong.text
+            # Behind a reverse proxy the Host is the public name: with the token, that is no reason to refuse.
+            proxied = headers | {"Authorization": f"Bearer {API_TOKEN}", "Host": "vectors.example.com"}
+            answered = await raw.post(url, json=initialize, headers=proxied)
+            assert (
+                answered.status_code == 200 and answered.json()["result"]["serverInfo"]["name"] == "confluence-vectors"
+            )
 
         with pytest.raises(BaseException) as refusal:  # the SDK wraps transport errors in groups
             async with (
