@@ -15,7 +15,9 @@ unchanged, so boundaries are chosen by content too:
 
 The embedded text is `title: …\nheader_path: …\n\n<chunk>`: LlamaIndex's own `key: value` metadata template,
 so a stored node embeds the same way wherever LlamaIndex re-embeds it. Nothing positional (index, character
-offsets, prev/next links) is stored: positions move on every insert and would force row rewrites.
+offsets, prev/next links) is stored: positions move on every insert and would force row rewrites. For the
+same reason a row carries no per-version field (version, last-modified time, last editor): those live once per
+page in `cv_pages`, so an edit rewrites only the rows of the chunks it changed.
 """
 
 from __future__ import annotations
@@ -87,25 +89,46 @@ def count_chunk_tokens(node: BaseNode) -> int:
 
 
 def page_metadata(page: Page) -> dict[str, Any]:
-    """Page-level metadata of every chunk: all of it may change (a move, a relabel) without a re-embed."""
+    """Page-level metadata stored in every chunk row: what a move, rename or relabel changes, never an edit.
+
+    Shape: `page_id`, `title`, `url`, `space_key`, `space_name`, `labels` (list), `ancestors` (breadcrumb
+    titles, root first), `content_type`. Readers filter on these (`PGVectorStore` metadata filters, SQL on
+    `metadata_`), so they live in the row. The per-version fields (`version_metadata`) do not: they change on
+    every edit, and in every row they would turn a one-chunk edit into a rewrite of all the page's rows.
+    """
     return {
         "page_id": page.id,
         "title": page.title,
         "url": page.url,
         "space_key": page.space_key,
         "space_name": page.space_name,
-        "author": page.author,
-        "version": page.version,
-        "last_modified": page.last_modified.isoformat(),
         "labels": list(page.labels),
         "ancestors": list(page.ancestors),
         "content_type": page.content_type,
     }
 
 
+def version_metadata(page: Page) -> dict[str, Any]:
+    """What changes with every edit: `version` (int), `last_modified` (ISO 8601), `author` (last editor).
+
+    Kept once per page in `cv_pages` (columns `version`, `last_modified`, `author`), written in the same
+    transaction as the page's rows, and joined in by readers (`app.page_versions`, the service's search).
+    """
+    return {
+        "version": page.version,
+        "last_modified": page.last_modified.isoformat(),
+        "author": page.author,
+    }
+
+
+#: The keys of `version_metadata`: never in a chunk row.
+VERSION_KEYS = ("version", "last_modified", "author")
+
+
 def page_document(page: Page, markdown: str) -> Document:
-    """The whole page as one LlamaIndex document, its id the page id, templated like its chunks."""
-    metadata = page_metadata(page)
+    """The whole page as one LlamaIndex document (never stored), its id the page id, templated like its chunks;
+    its metadata is the row metadata plus the per-version fields."""
+    metadata = {**page_metadata(page), **version_metadata(page)}
     return Document(id_=page.id, text=markdown, metadata=metadata, **_templates(metadata))
 
 

@@ -225,13 +225,17 @@ def reindex(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Rebuild every vector (e.g. after changing EMBED_MODEL) into a new table, then switch over."""
-    from app.sync import reindex as do_reindex
+    from app.reindex import reindex as do_reindex
 
     if not yes and sys.stdin.isatty():
         typer.confirm("Re-embed every indexed page into a new table?", abort=True)
     settings = _settings()
     report = _run(lambda: do_reindex(settings, console))
     console.print(f"Reindexed {report.pages} pages into {report.table} ({report.chunks} chunks).")
+    if report.caught_up or report.removed:
+        console.print(f"{report.caught_up} changed during the rebuild and were redone; {report.removed} are gone.")
+    for failure in report.failed:
+        console.print(f"[yellow]failed, queued for the worker:[/yellow] {failure}")
 
 
 @cli.command()

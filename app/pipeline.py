@@ -71,14 +71,24 @@ async def process_page(
     finally:
         rt.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)
 
-    if not page.is_current:
-        removed = await rt.store.delete_page(page_id, status="deleted", reason=f"status {page.status}", page=page)
+    reason = await admit_page(rt, page)
+    if reason is not None:
+        removed = await rt.store.delete_page(page_id, status="deleted", reason=reason, page=page)
         await forget_page_access(rt, page_id)
         return _done(rt, Outcome(page_id, "deleted", page.version, deleted=removed, reason=page.status))
-    # Who may read it is recorded before its rows change, so new rows are never readable under old access;
-    # restricted pages are indexed like any other and filtered per person at query time (app.access).
-    await record_page_access(rt, page)
     return await index_page(rt, page)
+
+
+async def admit_page(rt: Runtime, page: Page) -> str | None:
+    """The checks a fetched page passes before any of its rows is written, by every writer (this pipeline and
+    `app.reindex`): returns why it must have no rows (not current: trashed, archived, draft...), or None once
+    who may read it is recorded. Access is recorded before the rows change, so new rows are never readable
+    under old access; restricted pages are indexed like any other and filtered per person at query time
+    (app.access)."""
+    if not page.is_current:
+        return f"status {page.status}"
+    await record_page_access(rt, page)
+    return None
 
 
 async def page_nodes(client: ConfluenceClient, settings: Settings, page: Page) -> list[TextNode]:
@@ -119,7 +129,10 @@ async def index_page(rt: Runtime, page: Page) -> Outcome:
     if state is not None and state.status == "indexed":
         if (state.version or 0) > page.version:
             return _done(rt, Outcome(page.id, "stale", page.version, reason=f"holding v{state.version}"))
-        if state.content_hash == content_hash(ids) and state.meta_hash == meta_hash:
+        # The version too: it is kept only in the state row, so a new version with the same chunks and
+        # metadata still goes through the write (which then touches no vector row, only the state row).
+        same = state.version == page.version and state.meta_hash == meta_hash
+        if same and state.content_hash == content_hash(ids):
             rt.metrics.chunks.labels("reused").inc(len(ids))
             return _done(rt, Outcome(page.id, "unchanged", page.version, chunks=len(ids)))
 

@@ -1,6 +1,6 @@
-"""Backfill, reconciliation and reindex: the index converges on the wiki even when webhooks do not arrive.
+"""Backfill and reconciliation: the index converges on the wiki even when webhooks do not arrive.
 
-All three feed the same queue and pipeline as webhooks, so a page is processed one way only. Enumeration is
+Both feed the same queue and pipeline as webhooks, so a page is processed one way only. Enumeration is
 streamed (bounded memory whatever the space size), and a page whose listed version we already hold is not even
 enqueued, so re-running a sync over an unchanged space costs listing calls only.
 """
@@ -11,11 +11,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -26,7 +26,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from app.config import Settings
 from app.models import PageRef
 from app.queue import (
     EnqueueOutcome,
@@ -64,14 +63,6 @@ class ReconcileReport:
     queued_vanished: int = 0
     seconds: float = 0.0
     finished_at: str = ""
-
-
-@dataclass
-class ReindexReport:
-    table: str
-    pages: int = 0
-    chunks: int = 0
-    failed: list[str] = field(default_factory=list)
 
 
 # --- small state store ------------------------------------------------------------------------------------
@@ -314,104 +305,3 @@ async def _held_slice(rt: Runtime, after: str, size: int) -> tuple[list[str], st
         if len(ids) < size and after:
             ids += [row[0] for row in await (await conn.execute(wrap, (after, size - len(ids)))).fetchall()]
     return ids, (ids[-1] if ids else "")
-
-
-# --- reindex -----------------------------------------------------------------------------------------------
-async def reindex(settings: Settings, console: Console | None = None) -> ReindexReport:
-    """Re-embed every indexed page into a shadow table with the configured model, then swap it in atomically.
-
-    Search keeps answering from the old table until the swap. Pages changed while the rebuild ran are
-    re-enqueued after the swap, so nothing indexed meanwhile is lost.
-    """
-    from app.chunking import embed_text, page_metadata
-    from app.confluence import ConfluenceClient
-    from app.db import database_url, ensure_vector_table, make_pool
-    from app.embeddings import OllamaBgeM3Embedding
-    from app.errors import PageNotFound
-    from app.pipeline import page_nodes
-    from app.vector_store import VectorStore, metadata_hash
-
-    url = database_url(settings)
-    shadow = f"{settings.vector_table}_reindex"
-    shadow_physical = f"data_{shadow}"
-    report = ReindexReport(table=settings.physical_table)
-    pool = make_pool(url, max_size=4)
-    await pool.open(wait=True)
-    client = ConfluenceClient(settings)
-    embedder = OllamaBgeM3Embedding.from_settings(settings)
-    started = datetime.now(UTC)
-    try:
-        await embedder.check_model()
-        async with pool.connection() as conn:
-            await conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=sql.Identifier(shadow_physical)))
-            await ensure_vector_table(conn, shadow, settings.embed_dim)
-            await conn.execute(
-                """INSERT INTO cv_index_meta (table_name, embed_model, embed_dim) VALUES (%s, %s, %s)
-                   ON CONFLICT (table_name) DO UPDATE SET embed_model = EXCLUDED.embed_model,
-                       embed_dim = EXCLUDED.embed_dim""",
-                (shadow, settings.embed_model, settings.embed_dim),
-            )
-            cur = await conn.execute("SELECT page_id, content_type FROM cv_pages WHERE status = 'indexed'")
-            pages = await cur.fetchall()
-        store = VectorStore(pool, shadow, track_state=False, embed_model=settings.embed_model)
-        for page_id, content_type in pages:
-            try:
-                page = await client.get_page(page_id, content_type)
-            except PageNotFound:
-                continue
-            nodes = await page_nodes(client, settings, page)
-            vectors = await embedder.aembed_many([embed_text(n) for n in nodes])
-            await store.replace_page(
-                page,
-                nodes,
-                {n.node_id: v for n, v in zip(nodes, vectors, strict=True)},
-                page_meta_hash=metadata_hash(page_metadata(page)),
-            )
-            report.pages += 1
-            report.chunks += len(nodes)
-            if console is not None and report.pages % 50 == 0:
-                console.print(f"{report.pages}/{len(pages)} pages re-embedded")
-        await _swap_tables(pool, settings, shadow)
-        async with pool.connection() as conn:
-            cur = await conn.execute("SELECT page_id, content_type FROM cv_pages WHERE updated_at >= %s", (started,))
-            changed = await cur.fetchall()
-        if changed:
-            await enqueue_pages(pool, [PageJobRequest(page_id, kind, "reindex") for page_id, kind in changed])
-    finally:
-        await client.aclose()
-        await embedder.aclose()
-        await pool.close()
-    return report
-
-
-async def _swap_tables(pool: Any, settings: Settings, shadow_table: str) -> None:
-    """One transaction: readers see the old table or the new one, never neither. The shadow's indexes and id
-    sequence take the main table's names, so the next start-up finds everything where it expects it."""
-    main_table = settings.vector_table
-    physical, shadow, retired = f"data_{main_table}", f"data_{shadow_table}", f"data_{main_table}_retired"
-    ident = sql.Identifier
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {r}").format(r=ident(retired)))
-        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {p}").format(p=ident(physical)))
-        await conn.execute(sql.SQL("ALTER TABLE {s} RENAME TO {p}").format(s=ident(shadow), p=ident(physical)))
-        relations = await (
-            await conn.execute(
-                """SELECT c.relname, c.relkind FROM pg_class c
-                   WHERE c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass)
-                      OR c.oid = pg_get_serial_sequence(%s, 'id')::regclass""",
-                (physical, physical),
-            )
-        ).fetchall()
-        for name, kind in relations:
-            renamed = name.replace(shadow, physical, 1) if name.startswith(shadow) else name
-            renamed = renamed.replace(f"{shadow_table}_idx", f"{main_table}_idx", 1)
-            if renamed != name:
-                statement = "ALTER SEQUENCE {i} RENAME TO {n}" if kind == "S" else "ALTER INDEX {i} RENAME TO {n}"
-                await conn.execute(sql.SQL(statement).format(i=ident(name), n=ident(renamed)))
-        await conn.execute(
-            """INSERT INTO cv_index_meta (table_name, embed_model, embed_dim) VALUES (%s, %s, %s)
-               ON CONFLICT (table_name) DO UPDATE SET embed_model = EXCLUDED.embed_model,
-                   embed_dim = EXCLUDED.embed_dim, created_at = now()""",
-            (main_table, settings.embed_model, settings.embed_dim),
-        )
-        await conn.execute("DELETE FROM cv_index_meta WHERE table_name = %s", (shadow_table,))

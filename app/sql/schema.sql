@@ -26,6 +26,9 @@ CREATE INDEX IF NOT EXISTS cv_pages_status_idx ON cv_pages (status);
 CREATE INDEX IF NOT EXISTS cv_pages_space_idx ON cv_pages (space_key);
 -- The page's chunk (node) ids in reading order at its last write: the MCP `get_page` rebuilds the page from it.
 ALTER TABLE cv_pages ADD COLUMN IF NOT EXISTS chunk_ids TEXT[];
+-- The last editor of the indexed version. Per-version fields (version, last_modified, author) live here, once per
+-- page, not in every chunk row: an edit then rewrites only the rows of the chunks it changed.
+ALTER TABLE cv_pages ADD COLUMN IF NOT EXISTS author TEXT;
 
 -- Which embedding model and dimension built each vector table: a model change must not mix vectors.
 CREATE TABLE IF NOT EXISTS cv_index_meta (

@@ -123,6 +123,11 @@ class FakeOllama:
         self.per_call_delay = per_call_delay
         self.parallel = parallel  # like OLLAMA_NUM_PARALLEL: embed requests computed at once (None: no limit)
         self.down = False
+        #: While set, an embed request with an input containing this text waits until `release()` (a slow
+        #: Ollama, within its contract): tests pin a client mid-run at a known point. `held` counts them.
+        self.hold_on: str | None = None
+        self.held = 0
+        self._released = threading.Event()
         self._port = port
         self._lock = threading.Lock()
         self._failures: list[int] = []
@@ -259,7 +264,15 @@ class FakeOllama:
     def _missing(self, name: Any) -> Response:
         return JSONResponse({"error": f'model "{name}" not found, try pulling it first'}, 404)
 
+    def release(self) -> None:
+        """Let the requests held by `hold_on` (and any later ones) through."""
+        self._released.set()
+
     async def _compute(self, texts: list[str]) -> list[list[float]]:
+        if self.hold_on is not None and any(self.hold_on in text for text in texts):
+            with self._lock:
+                self.held += 1
+            await asyncio.to_thread(self._released.wait, 300)
         async with self._gate or contextlib.nullcontext():
             delay = self.per_call_delay + self.per_input_delay * len(texts)
             if delay > 0:

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 from llama_index.core.schema import MetadataMode, NodeRelationship, TextNode
 
-from app.chunking import NAMESPACE, chunk_page, count_chunk_tokens, embed_text, page_document, page_metadata
+from app.chunking import (
+    NAMESPACE,
+    VERSION_KEYS,
+    chunk_page,
+    count_chunk_tokens,
+    embed_text,
+    page_document,
+    page_metadata,
+    version_metadata,
+)
 from app.models import Page
 from app.tokens import count_tokens
 
@@ -124,8 +133,7 @@ def test_a_heading_opens_its_sections_first_chunk_and_empty_sections_yield_nothi
 def test_no_chunk_straddles_two_sections() -> None:
     rng = random.Random(5)
     sections = [
-        f"# S{s}\n\n" + "\n\n".join(paragraph(rng).replace(" ", f" s{s}x ") for _ in range(12))
-        for s in range(4)
+        f"# S{s}\n\n" + "\n\n".join(paragraph(rng).replace(" ", f" s{s}x ") for _ in range(12)) for s in range(4)
     ]
     nodes = chunks("\n\n".join(sections), chunk_size=128, chunk_overlap=24)
     assert len(nodes) > 8
@@ -137,9 +145,7 @@ def test_no_chunk_straddles_two_sections() -> None:
 @pytest.mark.parametrize(
     "block",
     [
-        "```python\n"
-        + "\n".join(f"# comment {i}\nvalue_{i} = compute({i}, 'x')" for i in range(8))
-        + "\n```",
+        "```python\n" + "\n".join(f"# comment {i}\nvalue_{i} = compute({i}, 'x')" for i in range(8)) + "\n```",
         "| name | value | notes |\n|---|---|---|\n"
         + "\n".join(f"| row{i} | {i * 7} | some words here |" for i in range(8)),
     ],
@@ -169,9 +175,7 @@ def test_a_code_block_larger_than_a_chunk_is_split_at_lines_and_refenced() -> No
 
 def test_a_table_larger_than_a_chunk_repeats_its_header() -> None:
     rows = [f"| host-{i} | 10.0.0.{i} | active |" for i in range(80)]
-    nodes = chunks(
-        "| host | ip | state |\n|---|---|---|\n" + "\n".join(rows), chunk_size=128, chunk_overlap=0
-    )
+    nodes = chunks("| host | ip | state |\n|---|---|---|\n" + "\n".join(rows), chunk_size=128, chunk_overlap=0)
     assert len(nodes) > 3
     seen = []
     for node in nodes:
@@ -186,8 +190,7 @@ def test_a_table_larger_than_a_chunk_repeats_its_header() -> None:
     "markdown",
     [
         "\n\n".join(realistic_page()),
-        "# 배포\n\n"
-        + "\n\n".join("서비스를 배포하기 전에 데이터베이스 백업을 확인하세요. " * 30 for _ in range(6)),
+        "# 배포\n\n" + "\n\n".join("서비스를 배포하기 전에 데이터베이스 백업을 확인하세요. " * 30 for _ in range(6)),
         "# Blob\n\n" + "Q" * 50_000,
         "# Minified\n\n" + "var a=1;" * 6_000 + "\n\n" + "한" * 20_000,
         "# Code\n\n```\n" + "x" * 30_000 + "\n```",
@@ -195,9 +198,7 @@ def test_a_table_larger_than_a_chunk_repeats_its_header() -> None:
     ids=["english", "korean", "no-space-line", "mixed", "huge-code-line"],
 )
 @pytest.mark.parametrize(("size", "overlap", "limit"), [(512, 64, 8192), (256, 32, 300), (64, 16, 64)])
-def test_no_chunk_exceeds_its_size_or_the_embedder_limit(
-    markdown: str, size: int, overlap: int, limit: int
-) -> None:
+def test_no_chunk_exceeds_its_size_or_the_embedder_limit(markdown: str, size: int, overlap: int, limit: int) -> None:
     nodes = chunks(markdown, chunk_size=size, chunk_overlap=overlap, max_tokens=limit)
     assert nodes
     for node in nodes:
@@ -230,11 +231,7 @@ def test_overlap_repeats_the_tail_of_the_previous_chunk() -> None:
     rng = random.Random(11)
     markdown = "# Long\n\n" + "\n\n".join(paragraph(rng) for _ in range(30))
     with_overlap = chunks(markdown, chunk_size=256, chunk_overlap=48)
-    shared = [
-        b.text.split("\n\n")[0]
-        for a, b in itertools.pairwise(with_overlap)
-        if b.text.split("\n\n")[0] in a.text
-    ]
+    shared = [b.text.split("\n\n")[0] for a, b in itertools.pairwise(with_overlap) if b.text.split("\n\n")[0] in a.text]
     assert len(shared) >= len(with_overlap) // 2
     assert all(count_tokens(tail) <= 48 for tail in shared)
     without = chunks(markdown, chunk_size=256, chunk_overlap=0)
@@ -287,18 +284,30 @@ def test_every_chunk_carries_the_page_metadata_and_no_position() -> None:
         "header_path": "Deploy > Rollback",
         "content_hash": node.metadata["content_hash"],
     }
-    assert node.metadata["last_modified"] == "2024-05-01T12:30:00+00:00"
     assert node.metadata["labels"] == ["runbook", "prod"]
     assert node.ref_doc_id == "4242"
     assert set(node.relationships) == {NodeRelationship.SOURCE}
     assert node.start_char_idx is None and node.end_char_idx is None
 
 
+def test_a_new_version_by_another_editor_leaves_every_chunk_exactly_as_it_was() -> None:
+    """Per-version fields are not in the chunks (they live in cv_pages), so an edit that leaves a chunk's text
+    alone leaves its whole row alone: same id, same metadata, nothing to rewrite."""
+    markdown = "\n\n".join(realistic_page())
+    later = make_page(version=8, author="Grace Hopper", last_modified=datetime(2025, 1, 1, tzinfo=UTC))
+    before, after = chunks(markdown), chunks(markdown, page=later)
+    assert [(n.node_id, n.metadata) for n in before] == [(n.node_id, n.metadata) for n in after]
+    assert not any(key in node.metadata for node in before for key in VERSION_KEYS)
+    assert version_metadata(later) == {
+        "version": 8,
+        "last_modified": "2025-01-01T00:00:00+00:00",
+        "author": "Grace Hopper",
+    }
+
+
 def test_embed_text_is_title_and_header_path_then_the_chunk() -> None:
     node = chunks("# Deploy\n\n## Rollback\n\nUndo it.")[0]
-    assert (
-        embed_text(node) == "title: Deploy guide\nheader_path: Deploy > Rollback\n\n## Rollback\n\nUndo it."
-    )
+    assert embed_text(node) == "title: Deploy guide\nheader_path: Deploy > Rollback\n\n## Rollback\n\nUndo it."
     assert embed_text(node) == node.get_content(metadata_mode=MetadataMode.EMBED)
     for leaked in ("wiki.example.com", "Ada Lovelace", "OPS", "Operations", "runbook", "content_hash", "7"):
         assert leaked not in embed_text(node)
@@ -336,11 +345,9 @@ def test_page_document_is_the_whole_page() -> None:
     document = page_document(make_page(), "# Deploy\n\nText.")
     assert document.doc_id == "4242"
     assert document.text == "# Deploy\n\nText."
-    assert document.metadata == page_metadata(make_page())
+    assert document.metadata == {**page_metadata(make_page()), **version_metadata(make_page())}
     assert set(document.metadata) == {
         "page_id", "title", "url", "space_key", "space_name", "author", "version", "last_modified", "labels",
         "ancestors", "content_type",
     }  # fmt: skip
-    assert document.get_content(metadata_mode=MetadataMode.EMBED).startswith(
-        "title: Deploy guide\n\n# Deploy"
-    )
+    assert document.get_content(metadata_mode=MetadataMode.EMBED).startswith("title: Deploy guide\n\n# Deploy")
