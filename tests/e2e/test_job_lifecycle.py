@@ -100,6 +100,35 @@ def test_retryable_failure_while_a_newer_job_waits_does_not_freeze_the_page(
     assert jobs_by_status(db).get("failed", 0) == 0
 
 
+@pytest.mark.parametrize(("status", "reason"), [(403, "permanent error"), (503, "gave up after 3 attempts")])
+def test_page_that_fails_for_good_holds_no_rows(
+    env: dict[str, str], tmp_path: Path, confluence: FakeConfluence, db: Db, status: int, reason: str
+) -> None:
+    """An indexed page whose next fetches answer 403 (permanent) or 503 until JOB_MAX_ATTEMPTS ends `failed`,
+    with its old rows deleted (no longer searchable) and the reason in its state; the last job ends `failed`,
+    none is left waiting."""
+    pid = "5401"
+    edit(confluence, pid, "v1")
+    env = {**env, "CONFLUENCE_MAX_RETRIES": "0", "JOB_MAX_ATTEMPTS": "3"}
+    with running(Api(env, tmp_path / "api.log")) as api:
+        assert isinstance(api, Api)
+        assert api.webhook({"event": "page_created", "page": {"id": pid}}).status_code == 202
+        wait_until(lambda: indexed(db, pid) and page_idle(db, pid), timeout=30, what="indexed first")
+        assert db.rows(pid)
+        confluence.fail_next(50, status=status, path_contains=pid)
+        assert api.webhook({"event": "page_updated", "page": {"id": pid}}).status_code == 202
+        wait_until(
+            lambda: (db.state(pid) or {}).get("status") == "failed" and page_idle(db, pid),
+            timeout=60,
+            what=f"page failed; jobs={page_jobs(db, pid)}",
+        )
+    state = db.state(pid)
+    assert state is not None and state["reason"] == reason and state["chunk_count"] == 0, state
+    assert str(status) in (state["last_error"] or ""), state
+    assert db.rows(pid) == []
+    assert jobs_by_status(db).get("failed", 0) == 1
+
+
 # --- the property: any interleaving of failures, crashes and events converges -------------------------------
 
 #: What can happen to one page between two looks: an edit (with its webhook), a re-delivered webhook, the next
