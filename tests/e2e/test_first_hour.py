@@ -174,3 +174,24 @@ def test_serve_says_once_what_is_missing(tmp_path: Path, db_url: str) -> None:
     assert text.count("configuration: Ollama does not answer at OLLAMA_BASE_URL=http://127.0.0.1:9") == 1
     assert "data: DATABASE_URL (external Postgres)" in text
     assert "Traceback" not in text
+
+
+def test_worker_says_it_started(tmp_path: Path, db_url: str) -> None:
+    from tests.e2e.harness import Service, running, wait_until
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        "DATABASE_URL": db_url,
+        "OLLAMA_BASE_URL": "http://127.0.0.1:9",
+        "CONFLUENCE_BASE_URL": "https://wiki.example.com",
+        "CONFLUENCE_PAT": "a-real-pat-value",
+        "LOG_FORMAT": "text",
+    }
+    log = tmp_path / "worker.log"
+    with running(Service(env, ["worker", "--concurrency", "3"], log)):
+        wait_until(lambda: "worker (concurrency 3) starting" in log.read_text(), timeout=60, what="worker start")
+    text = log.read_text()
+    assert "data: DATABASE_URL (external Postgres)" in text
+    assert "configuration: CONFLUENCE" not in text  # configured: nothing to warn about
