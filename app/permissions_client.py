@@ -236,9 +236,9 @@ class PermissionsClient:
                 return chain
             current = batch[0]
             kind = str(items[0].get("type") or "page")
-            collection = CONTAINER_COLLECTIONS.get(kind)
-            if collection is None:
+            if kind not in CONTAINER_COLLECTIONS:
                 raise AccessUnavailable(f"ancestors of {page_id}: cannot walk above a {kind}")
+            collection = CONTAINER_COLLECTIONS[kind]
         raise AccessUnavailable(f"ancestors of {page_id}: path does not end")
 
     # --- people -------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ MODULES = (
     "reconcile_calls",
     "webhook_latency",
     "search_latency",
+    "permission_search",
     "queue_choice",
 )
 _SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->\n?", re.DOTALL)

@@ -4,6 +4,7 @@ over random trees of restrictions, space grants and group memberships (Hypothesi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -115,8 +116,8 @@ def records(world: World) -> tuple[list[SpaceAccess], list[Restriction], list[Pa
         elif (r := world.restrictions[i]) is None:
             restrictions.append(Restriction(str(i), None, frozenset(), "refused"))
         else:
-            principals = frozenset({user_principal(u) for u in r[0]} | {group_principal(g) for g in r[1]})
-            restrictions.append(Restriction(str(i), True, principals))
+            admitted = frozenset({user_principal(u) for u in r[0]} | {group_principal(g) for g in r[1]})
+            restrictions.append(Restriction(str(i), True, admitted))
     pages = [
         PageAccess(str(i), world.space(i), distinct_path(str(n) for n in world.chain(i)))
         for i in range(len(world.parents))
@@ -129,7 +130,7 @@ def principals_of(world: World, user: str) -> frozenset[str]:
 
 
 @pytest.fixture()
-def conn(db_url: str) -> psycopg.Connection[tuple[object, ...]]:
+def conn(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(db_url, autocommit=True) as connection:
         yield connection
 
@@ -162,7 +163,7 @@ def test_sql_rule_equals_oracle_on_random_trees(conn: psycopg.Connection[tuple[o
         cur = conn.execute(
             "SELECT p::text, cv_may_read(%s, p::text) FROM generate_series(0, %s) AS p", (principals, n - 1)
         )
-        got = {int(page): bool(allowed) for page, allowed in cur.fetchall()}
+        got = {int(str(page)): bool(allowed) for page, allowed in cur.fetchall()}
         expected = {page: world.oracle(user, page) for page in range(n)}
         assert got == expected, (user, world)
 
