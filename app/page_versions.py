@@ -74,8 +74,8 @@ class PageVersions(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        ids = [str(n.node.ref_doc_id or n.node.metadata.get("page_id")) for n in nodes]
-        if not nodes:
+        ids = [str(page) for n in nodes if (page := n.node.ref_doc_id or n.node.metadata.get("page_id"))]
+        if not ids:
             return nodes
         with psycopg.connect(self.database_url) as conn:
             apply_versions(nodes, page_versions(conn, ids))
