@@ -77,7 +77,10 @@ def test_plan_retry_honours_retry_after_capped() -> None:
 def test_index_page_task_has_no_procrastinate_retry() -> None:
     """procrastinate's retry re-queues the failed row and collides with a waiting job of the page; the page
     task schedules its own follow-up instead (app.jobs), so no retry strategy may be attached."""
-    from app.queue import INDEX_PAGE, build_queue
+    from app.queue import build_queue
 
     queue = build_queue("postgresql://127.0.0.1:9/none", _settings())
-    assert queue.tasks[INDEX_PAGE].retry_strategy is None
+    # By suffix: a second build_queue in one process registers the blueprint's tasks under "cv:cv:..." (a
+    # known naming bug of the module-level blueprint, tracked separately).
+    page_tasks = [task for task in queue.tasks.values() if task.name.endswith("index_page")]
+    assert page_tasks and all(task.retry_strategy is None for task in page_tasks)
