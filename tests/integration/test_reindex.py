@@ -113,3 +113,54 @@ async def test_one_bad_page_is_reported_and_requeued_and_the_rest_swapped_in(
     assert rows == [("501", 384), ("503", 384)]
     assert state is not None and state[1] is None and state[2].startswith("reindex: ")
     assert jobs == (1,)  # the worker (with the new model) will index it
+
+
+async def test_catch_up_rounds_redo_what_the_live_worker_changed_during_the_bulk_load(
+    db_url: str, fakes: tuple[FakeConfluence, FakeOllama, FakeOllama], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SETTLED=0 every change goes through a catch-up round (not only the locked swap): the rebuild is held
+    on its last page while the old-model pipeline edits, creates and deletes pages it has already rebuilt."""
+    import asyncio
+    import time
+
+    import app.reindex
+    from app.pipeline import process_page
+    from app.runtime import Runtime
+
+    monkeypatch.setattr(app.reindex, "SETTLED", 0)
+    confluence, old, new = fakes
+    base = dict(database_url=db_url, confluence_base_url=confluence.base_url, **confluence.credentials)
+    live = await Runtime.open(make_settings(ollama_base_url=old.base_url, **base))
+    try:
+        for page_id in ("601", "602", "603", "609"):
+            confluence.put_page(page_id, title=f"Page {page_id}", body=f"<p>Text of page {page_id}.</p>")
+            await process_page(live, page_id)
+
+        new.hold_on = "Text of page 609"
+        settings = make_settings(ollama_base_url=new.base_url, embed_model="all-minilm", embed_dim=384, **base)
+        rebuild = asyncio.create_task(reindex(settings))
+        deadline = time.monotonic() + 60
+        while new.held == 0:
+            assert time.monotonic() < deadline and not rebuild.done(), "the rebuild never reached its last page"
+            await asyncio.sleep(0.05)
+        confluence.put_page("601", title="Page 601", body="<p>Edited while the rebuild ran.</p>")
+        confluence.put_page("604", title="Page 604", body="<p>Created while the rebuild ran.</p>")
+        confluence.delete_page("602")
+        for page_id in ("601", "604", "602"):
+            await process_page(live, page_id)
+        new.release()
+        report = await asyncio.wait_for(rebuild, 120)
+    finally:
+        new.release()
+        await live.close()
+
+    assert report.rounds >= 1 and report.caught_up >= 3 and not report.failed
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        rows = await (
+            await conn.execute("SELECT metadata_ ->> 'ref_doc_id', text FROM data_confluence ORDER BY 1")
+        ).fetchall()
+        states = await (await conn.execute("SELECT page_id, status, version FROM cv_pages ORDER BY 1")).fetchall()
+    texts = {page_id: text for page_id, text in rows}
+    assert sorted(texts) == ["601", "603", "604", "609"]
+    assert "Edited while the rebuild ran." in texts["601"] and "Created while the rebuild ran." in texts["604"]
+    assert ("601", "indexed", 2) in states and states[1][:2] == ("602", "deleted")
