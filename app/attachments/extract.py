@@ -91,16 +91,25 @@ async def extract(data: bytes, media_type: str, *, max_chars: int, timeout: floa
 
 def run(kind: str, data: bytes, max_chars: int) -> str:
     """The extraction itself (in the child): Markdown, checked for garbage, at most `max_chars` long."""
-    from app.attachments import docx, pdf, pptx, quality, text, xlsx
+    # One format's library imported, not all: the child's start-up is part of every extraction's cost.
+    from app.attachments import quality, text
     from app.attachments.markdown import paragraph
 
     if kind == "pdf":
+        from app.attachments import pdf
+
         markdown = pdf.to_markdown(data, max_chars)
     elif kind == "docx":
+        from app.attachments import docx
+
         markdown = docx.to_markdown(data, max_chars)
     elif kind == "pptx":
+        from app.attachments import pptx
+
         markdown = pptx.to_markdown(data, max_chars)
     elif kind == "xlsx":
+        from app.attachments import xlsx
+
         markdown = xlsx.to_markdown(data, max_chars)
     elif kind == "csv":
         markdown = text.to_markdown(data, max_chars, csv_rows=True)
@@ -127,8 +136,22 @@ def _child(argv: list[str]) -> int:
         answer = {"reason": "too much memory", "detail": f"over {memory_mb} MiB"}
     except Exception as exc:  # a parser's own error on a malformed file: the file is corrupt for us
         answer = {"reason": "corrupt", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    answer["peak_rss_kib"] = _peak_rss_kib()
     sys.stdout.write(json.dumps(answer))
     return 0
+
+
+def _peak_rss_kib() -> str:
+    """This process's own peak resident set (`VmHWM`, proc(5)), for the log and the benchmark: the parent's
+    `wait4` rusage would also count the address space it had when the child was spawned."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return ""
 
 
 if __name__ == "__main__":

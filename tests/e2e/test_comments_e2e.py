@@ -1,0 +1,62 @@
+"""Comments end to end on Data Center (v1 child comments, attachments and downloads), and the off switch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Db
+from tests.e2e.harness import Api, running, service_env, wait_until
+from tests.fakes import office_files as files
+from tests.fakes.confluence import FakeConfluence
+from tests.fakes.confluence_content import content_of
+from tests.fakes.ollama import FakeOllama
+
+
+def texts(db: Db, page_id: str) -> str:
+    return json.dumps(db.rows(page_id), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("confluence", ["datacenter"], indirect=True)
+def test_data_center_comments_and_attachment_converge(api: Api, confluence: FakeConfluence, db: Db) -> None:
+    content = content_of(confluence)
+    confluence.put_page("4001", title="Release notes", body="<p>Release train leaves Friday.</p>", space_key="ENG")
+    footer = content.add_comment("4001", "<p>Gooseberry sign-off given.</p>", author_id="acc-1")
+    inline = content.add_comment("4001", "<p>Check the date.</p>", kind="inline", selection="leaves Friday")
+    content.add_comment("4001", "<p>Stale quince note.</p>", kind="inline", selection="x", resolution="resolved")
+    content.add_attachment("4001", "notes.pdf", files.PDF, files.pdf(["Chinchilla build 812 is the candidate."]))
+    api.webhook({"event": "page_created", "page": {"id": 4001}})
+    wait_until(lambda: "Chinchilla" in texts(db, "4001"), timeout=90, what="page, comments and file indexed")
+
+    rows = db.rows("4001")
+    by_comment = {m.get("comment_id"): m for _, m in rows if m.get("comment_id")}
+    assert set(by_comment) == {footer, inline}, "the resolved inline comment is left out"
+    assert by_comment[footer]["comment_author"] == "Ada Lovelace"
+    assert by_comment[inline]["highlighted_text"] == "leaves Friday"
+    assert "Quince" not in texts(db, "4001") and "quince" not in texts(db, "4001")
+
+    content.remove_comment(footer)
+    api.webhook({"event": "comment_removed", "comment": {"id": int(footer), "parent": {"id": 4001}}})
+    wait_until(lambda: "Gooseberry" not in texts(db, "4001"), what="removed comment's rows gone")
+    assert "Chinchilla" in texts(db, "4001") and "Release train" in texts(db, "4001")
+
+
+@pytest.fixture()
+def no_comments_api(db_url: str, confluence: FakeConfluence, ollama: FakeOllama, tmp_path: Path) -> Iterator[Api]:
+    env = service_env(
+        database_url=db_url, confluence=confluence, ollama=ollama, data_dir=tmp_path / "data", INDEX_COMMENTS="false"
+    )
+    with running(Api(env, tmp_path / "api.log")) as service:
+        yield service  # type: ignore[misc]
+
+
+def test_index_comments_off(no_comments_api: Api, confluence: FakeConfluence, db: Db) -> None:
+    confluence.put_page("4002", title="Quiet page", body="<p>Body text stays.</p>", space_key="ENG")
+    content_of(confluence).add_comment("4002", "<p>Blackcurrant chatter.</p>")
+    no_comments_api.webhook({"event": "page_created", "page": {"id": "4002"}})
+    wait_until(lambda: "Body text stays" in texts(db, "4002"), what="page indexed")
+    assert "Blackcurrant" not in texts(db, "4002")
+    assert confluence.count("footer-comments") == 0, "comments are not even fetched when switched off"
