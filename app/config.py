@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # --- Vector table ---------------------------------------------------------------------------------
     vector_table: str = Field(
         default="confluence", description="PGVectorStore table_name; the physical table is data_<name>."
+    )
+    vector_type: Literal["vector", "halfvec"] = Field(
+        default="vector",
+        description="Column type of the embeddings: halfvec (pgvector >= 0.7) halves table and index; change "
+        "it with `reindex` (bench/search_scale.py measures both).",
     )
 
     # --- Queue / worker -------------------------------------------------------------------------------

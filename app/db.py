@@ -143,7 +143,7 @@ async def migrate(url: str, settings: Settings, *, table: str | None = None) -> 
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             await conn.execute(_schema_sql())
-            await ensure_vector_table(conn, table, settings.embed_dim)
+            await ensure_vector_table(conn, table, settings.embed_dim, settings.vector_type)
             await check_index_model(conn, table, settings.embed_model, settings.embed_dim)
             await _apply_procrastinate_schema(conn)
         finally:
@@ -174,11 +174,57 @@ def vector_index_names(table: str) -> dict[str, str]:
         "ref_doc_id": f"{table}_idx_1",
         "space_key": f"{physical}_space_key_idx",
         "embedding": f"{physical}_embedding_idx",
+        "search": f"{physical}_search_idx",
     }
     return {role: fit_identifier(name) for role, name in names.items()}
 
 
-async def ensure_vector_table(conn: psycopg.AsyncConnection[Any], table: str, dim: int) -> None:
+def hnsw_index_sql(table: str, vector_type: str = "vector") -> sql.Composed:
+    """The HNSW cosine index of `data_<table>` (pgvector README: `vector_cosine_ops`, or `halfvec_cosine_ops` for
+    a halfvec column; m=16, ef_construction=64)."""
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops}) WITH (m = 16, ef_construction = 64)"
+    ).format(
+        i=sql.Identifier(vector_index_names(table)["embedding"]),
+        t=sql.Identifier(f"data_{table}"),
+        ops=sql.SQL(VECTOR_OPS[vector_type]),
+    )
+
+
+#: Operator class of the HNSW cosine index per embedding column type (pgvector README, "HNSW").
+VECTOR_OPS = {"vector": "vector_cosine_ops", "halfvec": "halfvec_cosine_ops"}
+
+
+async def embedding_type(conn: psycopg.AsyncConnection[Any], table: str) -> str | None:
+    """`vector` or `halfvec`: the type of `data_<table>.embedding` as it is in the database (None: no table)."""
+    row = await (
+        await conn.execute(
+            """SELECT t.typname FROM pg_attribute AS a JOIN pg_type AS t ON t.oid = a.atttypid
+               WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding' AND NOT a.attisdropped""",
+            (sql.Identifier(f"data_{table}").as_string(conn),),
+        )
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+#: The column `app.search` ranks full text on. `text_search_tsv` stays as stock `PGVectorStore` defines it (its
+#: readers query it with their own `text_search_config`); ours adds what the issue-14 measurement showed missing:
+#: the page title (weight A, so `ts_rank_cd` puts a page named by the query first) and the heading path (B),
+#: both embedded with every chunk already, and stemming ("sentinels" finds "Sentinel"). `english` rather than
+#: a per-page language: the snowball stemmer leaves tokens of other scripts (Hangul) and unknown words intact, so
+#: exact-word matching still works on non-English pages (tests/integration/test_search.py has Korean and German).
+TEXT_SEARCH_CONFIG = "english"
+SEARCH_COLUMN = "cv_search_tsv"
+SEARCH_DOCUMENT = (
+    f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', coalesce(metadata_ ->> 'title', '')), 'A') || "
+    f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', coalesce(metadata_ ->> 'header_path', '')), 'B') || "
+    f"to_tsvector('{TEXT_SEARCH_CONFIG}', text)"
+)
+
+
+async def ensure_vector_table(
+    conn: psycopg.AsyncConnection[Any], table: str, dim: int, vector_type: str = "vector"
+) -> None:
     """The `data_<table>` table exactly as LlamaIndex's `PGVectorStore` (hybrid, jsonb) models it, plus
     what our write path needs: a unique `node_id` (so no duplicate can ever exist), an HNSW cosine index,
     and btree indexes on the metadata we filter by.
@@ -192,24 +238,38 @@ async def ensure_vector_table(conn: psycopg.AsyncConnection[Any], table: str, di
                 text VARCHAR NOT NULL,
                 metadata_ JSONB,
                 node_id VARCHAR,
-                embedding VECTOR({dim}),
+                embedding {vector_type}({dim}),
                 text_search_tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
             )"""
-        ).format(t=t, dim=sql.Literal(dim)),
+        ).format(t=t, dim=sql.Literal(dim), vector_type=sql.SQL(vector_type)),
         sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (node_id)").format(i=names["node_id"], t=t),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (text_search_tsv)").format(i=names["tsv"], t=t),
+        # Our own full-text document (app.search's lexical ranking); added to tables created before it existed.
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} TSVECTOR GENERATED ALWAYS AS ({doc}) STORED").format(
+            t=t, c=sql.Identifier(SEARCH_COLUMN), doc=sql.SQL(SEARCH_DOCUMENT)
+        ),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin ({c})").format(
+            i=names["search"], t=t, c=sql.Identifier(SEARCH_COLUMN)
+        ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'ref_doc_id'))").format(
             i=names["ref_doc_id"], t=t
         ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'space_key'))").format(
             i=names["space_key"], t=t
         ),
-        sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops) "
-            "WITH (m = 16, ef_construction = 64)"
-        ).format(i=names["embedding"], t=t),
+        hnsw_index_sql(table, vector_type),
     ]
-    for statement in statements:
+    if vector_type not in VECTOR_OPS:
+        raise ValueError(f"unknown vector type {vector_type!r}")
+    await conn.execute(statements[0])
+    built = await embedding_type(conn, table)
+    if built != vector_type:
+        raise IndexModelMismatch(
+            f"the vector table data_{table} stores embeddings as {built}, but the service is configured with "
+            f"VECTOR_TYPE={vector_type}: restore the old setting, or run `confluence-vectors reindex` to rebuild "
+            "the table with the new type (search keeps working on the old table meanwhile)."
+        )
+    for statement in statements[1:]:
         await conn.execute(statement)
 
 

@@ -37,6 +37,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from app.db import SEARCH_COLUMN, TEXT_SEARCH_CONFIG, VECTOR_OPS, embedding_type
 from app.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,51 @@ DF_CAP = 1000
 N_CAP = 20_000
 #: A lexical hit must score at least this fraction of the best lexical score.
 LEXICAL_FLOOR = 0.5
+
+
+class Fusion(StrEnum):
+    """How the two rankings become one.
+
+    * `relative` — relative-score fusion (LlamaIndex `QueryFusionRetriever(mode="relative_score")`, Weaviate's
+      `relativeScoreFusion`): each list's scores min-max scaled to [0, 1], then a weighted sum. A chunk that
+      one ranking scores far above the rest keeps that lead; under RRF only its rank counts, so chunks middling
+      in both lists could overtake it (issue 14: a table's answer chunk fell out of the top 6).
+    * `rrf` — weighted reciprocal rank fusion, Σ wᵢ / (k + rankᵢ) (Cormack et al. 2009), for comparison.
+    """
+
+    RELATIVE = "relative"
+    RRF = "rrf"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchTuning:
+    """The hybrid ranking's knobs; `DEFAULT_TUNING` holds the values chosen on the tune half of the labelled set
+    (bench/retrieval_quality.py, evidence in bench/RESULTS.md)."""
+
+    fusion: Fusion = Fusion.RELATIVE
+    #: Share of the semantic ranking in the fused score; the lexical ranking gets the rest.
+    vector_weight: float = 0.5
+    rrf_k: int = RRF_K
+    #: Dis-max over the two fields of the full-text document (Lucene's DisjunctionMaxQuery, Elasticsearch's
+    #: `dis_max` / `best_fields` `tie_breaker`): a chunk's lexical weight is its better field (chunk text, or
+    #: title + heading path) plus this share of the other. 1 would add them, and then the title, which every
+    #: chunk of a page carries, lets a chunk matching one body word beat its sibling matching three.
+    field_tie: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.vector_weight <= 1.0:
+            raise ValueError("vector_weight must be within [0, 1]")
+        if not 0.0 <= self.field_tie <= 1.0:
+            raise ValueError("field_tie must be within [0, 1]")
+        if self.rrf_k < 1:
+            raise ValueError("rrf_k must be at least 1")
+
+
+DEFAULT_TUNING = SearchTuning()
+
+
+#: The SQL type names a query vector may be cast to (never user input: keys of `VECTOR_OPS`).
+VECTOR_TYPE_NAMES = {name: name for name in VECTOR_OPS}
 
 
 class QueryEmbedder(Protocol):
@@ -112,12 +158,17 @@ async def search(
     label: str | None = None,
     mode: SearchMode = SearchMode.HYBRID,
     principals: frozenset[str] | None = None,
+    tuning: SearchTuning = DEFAULT_TUNING,
 ) -> list[SearchHit]:
     """The `k` best chunks of `data_<table>` for `query`, optionally only in `space` / with `label`.
 
     `principals`: the searcher's principal set (`app.access`); only chunks of pages they may read
     (`cv_may_read`) are considered, inside the scans themselves, so `k` stays filled. None searches as the
     service account (everything indexed): callers answering a person must never pass None.
+
+    `tuning`: the hybrid fusion (benchmarks sweep it; the service uses `DEFAULT_TUNING`). Equal scores are
+    ordered by `node_id`, which is derived from the chunk's content, so a ranking never depends on row ids or
+    on the order rows were written.
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -125,11 +176,17 @@ async def search(
     if not query:
         return []
     embedding = np.asarray(await embedder.aget_query_embedding(query), dtype=np.float32)
+    try:
+        vector_type = await _vector_type(pool, table)
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise DatabaseUnavailable(f"search failed, Postgres is unavailable: {exc}") from exc
     if mode is SearchMode.VECTOR:
-        statement = _vector_sql(table, space=space, label=label, principals=principals)
+        statement = _vector_sql(table, space=space, label=label, principals=principals, vector_type=vector_type)
         limit = k
     else:
-        statement = _hybrid_sql(table, space=space, label=label, principals=principals)
+        statement = _hybrid_sql(
+            table, space=space, label=label, principals=principals, fusion=tuning.fusion, vector_type=vector_type
+        )
         limit = candidate_count(k)
     params: dict[str, Any] = {
         "embedding": embedding,
@@ -139,7 +196,9 @@ async def search(
         "space": space,
         "label": label,
         "principals": sorted(principals) if principals is not None else None,
-        "rrf_k": RRF_K,
+        "rrf_k": tuning.rrf_k,
+        "vector_weight": tuning.vector_weight,
+        "field_tie": tuning.field_tie,
         "df_cap": DF_CAP,
         "n_cap": N_CAP,
         "relation": f"data_{table}",
@@ -148,7 +207,15 @@ async def search(
     try:
         async with pool.connection() as conn, conn.transaction():
             # SET cannot take bind parameters; set_config(..., true) is SET LOCAL that can.
+            if principals is not None:  # both statements below see one snapshot of the access records
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            if principals is not None:  # once per query: the viewer's spaces and what blocks them
+                viewer = await conn.execute(
+                    "SELECT cv_viewer_spaces(%(p)s::text[]), cv_viewer_blocked(%(p)s::text[])",
+                    {"p": params["principals"]},
+                )
+                params["spaces"], params["blocked"] = await viewer.fetchone() or ([], [])
             await conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true)",
                 (str(ef_search_for(limit, filtered=bool(space or label or principals is not None))),),
@@ -157,9 +224,29 @@ async def search(
             # Never a cached generic plan: the best plan depends on k and on how common the query words are.
             await cur.execute(statement, params, prepare=False)
             rows = await cur.fetchall()
+    except psycopg.errors.UndefinedFunction:
+        # `halfvec <=> vector`: a reindex swapped in a table of the other type since we looked. Look again.
+        _VECTOR_TYPES.pop(table, None)
+        raise
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise DatabaseUnavailable(f"search failed, Postgres is unavailable: {exc}") from exc
     return [_hit(row) for row in rows]
+
+
+#: `data_<table>.embedding`'s type per table, looked up once per process (a catalog query per search would cost
+#: more than the index scan at small k); forgotten when a query fails on a type mismatch.
+_VECTOR_TYPES: dict[str, str] = {}
+
+
+async def _vector_type(pool: AsyncConnectionPool, table: str) -> str:
+    """`vector` or `halfvec` (VECTOR_TYPE): the query vector is cast to it, so the HNSW index of that type is used."""
+    if table not in _VECTOR_TYPES:
+        async with pool.connection() as conn:
+            found = await embedding_type(conn, table)
+        if found is None:
+            return "vector"  # no table yet: the statement fails as it always did, with the missing relation
+        _VECTOR_TYPES[table] = found
+    return _VECTOR_TYPES[table]
 
 
 def _filters(
@@ -173,19 +260,29 @@ def _filters(
         conditions.append(sql.SQL("{a}.metadata_ ->> 'space_key' = %(space)s").format(a=a))
     if label is not None:
         conditions.append(sql.SQL("{a}.metadata_ -> 'labels' ? %(label)s").format(a=a))
-    if principals is not None:  # the permission rule, evaluated per candidate row inside the scan
-        conditions.append(sql.SQL("cv_may_read(%(principals)s::text[], {a}.metadata_ ->> 'ref_doc_id')").format(a=a))
+    if principals is not None:  # the permission rule (cv_may_read, fast form) per candidate row inside the scan
+        conditions.append(
+            sql.SQL("cv_page_visible({a}.metadata_ ->> 'ref_doc_id', %(spaces)s::text[], %(blocked)s::text[])").format(
+                a=a
+            )
+        )
     return sql.SQL(" AND ").join(conditions)
 
 
 def _nearest_cte(
-    table: str, *, space: str | None, label: str | None, limit: str, principals: frozenset[str] | None = None
+    table: str,
+    *,
+    space: str | None,
+    label: str | None,
+    limit: str,
+    principals: frozenset[str] | None = None,
+    vector_type: str = "vector",
 ) -> sql.Composed:
     """The semantic ranking both modes start from: the HNSW scan, materialized and re-sorted by the caller
     (the iterative scan's relaxed order is only roughly by distance). `limit` names the bound parameter."""
     return sql.SQL(
         """nearest AS MATERIALIZED (
-            SELECT d.id, d.embedding <=> %(embedding)s AS distance
+            SELECT d.id, d.node_id, d.embedding <=> %(embedding)s::{vector_type} AS distance
             FROM {t} AS d
             WHERE {where}
             ORDER BY distance
@@ -195,35 +292,51 @@ def _nearest_cte(
         t=sql.Identifier(f"data_{table}"),
         where=_filters("d", space=space, label=label, principals=principals),
         limit=sql.Placeholder(limit),
+        vector_type=sql.SQL(VECTOR_TYPE_NAMES[vector_type]),
     )
 
 
 def _vector_sql(
-    table: str, *, space: str | None, label: str | None, principals: frozenset[str] | None = None
+    table: str,
+    *,
+    space: str | None,
+    label: str | None,
+    principals: frozenset[str] | None = None,
+    vector_type: str = "vector",
 ) -> sql.Composed:
     return sql.SQL(
         """
         WITH {nearest}
         SELECT 1 - n.distance AS score, d.text, d.metadata_, d.node_id, {version_columns}
         FROM nearest AS n JOIN {t} AS d ON d.id = n.id {version_join}
-        ORDER BY n.distance, d.id
+        ORDER BY n.distance, d.node_id
         """
     ).format(
         t=sql.Identifier(f"data_{table}"),
-        nearest=_nearest_cte(table, space=space, label=label, limit="k", principals=principals),
+        nearest=_nearest_cte(
+            table, space=space, label=label, limit="k", principals=principals, vector_type=vector_type
+        ),
         version_columns=_VERSION_COLUMNS,
         version_join=_VERSION_JOIN,
     )
 
 
 def _hybrid_sql(
-    table: str, *, space: str | None, label: str | None, principals: frozenset[str] | None = None
+    table: str,
+    *,
+    space: str | None,
+    label: str | None,
+    principals: frozenset[str] | None = None,
+    fusion: Fusion = Fusion.RELATIVE,
+    vector_type: str = "vector",
 ) -> sql.Composed:
     return sql.SQL(
         """
         WITH {nearest},
         semantic AS (
-            SELECT id, row_number() OVER (ORDER BY distance, id) AS rank FROM nearest
+            SELECT id, distance, row_number() OVER (ORDER BY distance, node_id) AS rank,
+                   min(distance) OVER () AS lo, max(distance) OVER () AS hi
+            FROM nearest
         ),
         total AS (
             SELECT CASE WHEN c.reltuples > 0 THEN least(c.reltuples, %(n_cap)s)::float8
@@ -236,7 +349,7 @@ def _hybrid_sql(
                    c.reltuples::float8 AS n
             FROM pg_stats AS s JOIN pg_class AS c ON c.oid = %(relation)s::regclass
             JOIN pg_namespace AS ns ON ns.oid = c.relnamespace
-            WHERE s.schemaname = ns.nspname AND s.tablename = c.relname AND s.attname = 'text_search_tsv'
+            WHERE s.schemaname = ns.nspname AND s.tablename = c.relname AND s.attname = {column_name}
               AND c.reltuples > 0
         ),
         terms AS MATERIALIZED (
@@ -246,11 +359,11 @@ def _hybrid_sql(
                         WHERE array_position(common.elems, lexeme) IS NOT NULL),
                        (SELECT count(*) FROM (
                             SELECT 1 FROM {t} AS x
-                            WHERE x.text_search_tsv @@ phraseto_tsquery('simple', lexeme)
+                            WHERE x.{column} @@ phraseto_tsquery('simple', lexeme)
                             LIMIT %(df_cap)s) AS hits
                        )
                    )::float8 AS df
-            FROM unnest(tsvector_to_array(to_tsvector('simple', %(query)s))) AS lexeme
+            FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS lexeme
         ),
         weighted AS (
             SELECT terms.tsq, ln(1 + total.n / terms.df) AS idf
@@ -258,37 +371,69 @@ def _hybrid_sql(
             WHERE terms.df > 0 AND terms.df < %(df_cap)s
         ),
         matched AS (
-            SELECT d.id, sum(w.idf) AS weight,
-                   ts_rank_cd(d.text_search_tsv, websearch_to_tsquery('simple', %(query)s)) AS whole
-            FROM weighted AS w JOIN {t} AS d ON d.text_search_tsv @@ w.tsq
-            WHERE {where}
-            GROUP BY d.id
+            SELECT d.id, d.node_id,
+                   greatest(b.body, b.heading) + %(field_tie)s * least(b.body, b.heading) AS weight,
+                   ts_rank_cd(d.{column}, websearch_to_tsquery({config}, %(query)s)) AS whole
+            FROM (
+                SELECT d.id,
+                       COALESCE(sum(w.idf) FILTER (WHERE ts_filter(d.{column}, '{{d}}') @@ w.tsq), 0) AS body,
+                       COALESCE(sum(w.idf) FILTER (WHERE ts_filter(d.{column}, '{{a,b}}') @@ w.tsq), 0) AS heading
+                FROM weighted AS w JOIN {t} AS d ON d.{column} @@ w.tsq
+                WHERE {where}
+                GROUP BY d.id
+            ) AS b JOIN {t} AS d ON d.id = b.id
         ),
         lexical AS (
-            SELECT id, row_number() OVER (ORDER BY weight DESC, whole DESC, id) AS rank
+            SELECT id, weight, row_number() OVER (ORDER BY weight DESC, whole DESC, node_id) AS rank,
+                   min(weight) OVER () AS lo, max(weight) OVER () AS hi
             FROM matched
             WHERE weight >= %(floor)s * (SELECT max(weight) FROM matched)
             ORDER BY rank
             LIMIT %(candidates)s
         ),
         fused AS (
-            SELECT COALESCE(s.id, l.id) AS id,
-                   COALESCE(1.0 / (%(rrf_k)s + s.rank), 0.0) + COALESCE(1.0 / (%(rrf_k)s + l.rank), 0.0) AS score,
+            SELECT COALESCE(s.id, l.id) AS id, {score} AS score,
                    l.rank AS lexical_rank, s.rank AS semantic_rank
             FROM semantic AS s FULL OUTER JOIN lexical AS l ON s.id = l.id
         )
         SELECT f.score, d.text, d.metadata_, d.node_id, {version_columns}
         FROM fused AS f JOIN {t} AS d ON d.id = f.id {version_join}
-        ORDER BY f.score DESC, f.lexical_rank NULLS LAST, f.semantic_rank NULLS LAST
+        ORDER BY f.score DESC, f.lexical_rank NULLS LAST, f.semantic_rank NULLS LAST, d.node_id
         LIMIT %(k)s
         """
     ).format(
         t=sql.Identifier(f"data_{table}"),
+        column=sql.Identifier(SEARCH_COLUMN),
+        column_name=sql.Literal(SEARCH_COLUMN),
+        config=sql.Literal(TEXT_SEARCH_CONFIG),
+        score=_FUSED_SCORE[fusion],
         where=_filters("d", space=space, label=label, principals=principals),
-        nearest=_nearest_cte(table, space=space, label=label, limit="candidates", principals=principals),
+        nearest=_nearest_cte(
+            table, space=space, label=label, limit="candidates", principals=principals, vector_type=vector_type
+        ),
         version_columns=_VERSION_COLUMNS,
         version_join=_VERSION_JOIN,
     )
+
+
+#: The fused score of a row of `semantic` (s) FULL JOIN `lexical` (l); a ranking that did not find the row adds 0.
+#: Relative: the semantic list min-max scaled (its best 1, its 50th 0: cosine similarities of one query sit in a
+#: narrow band, and only their spread says anything), as LlamaIndex's `_relative_score_fusion` does; the lexical
+#: score as a fraction of the best one. Not min-max there: the lexical list keeps only rows within
+#: `LEXICAL_FLOOR` of the best, so min-max would give 0 to a row matching most of the query (measured: the
+#: answer chunk of "restore a postgres database backup" scored 0 lexically and lost to its neighbour).
+_FUSED_SCORE: dict[Fusion, sql.Composable] = {
+    Fusion.RELATIVE: sql.SQL(
+        """%(vector_weight)s * CASE WHEN s.id IS NULL THEN 0.0
+                                    WHEN s.hi > s.lo THEN (s.hi - s.distance) / (s.hi - s.lo) ELSE 1.0 END
+           + (1 - %(vector_weight)s) * CASE WHEN l.id IS NULL OR l.hi <= 0 THEN 0.0
+                                            ELSE l.weight / l.hi END"""
+    ),
+    Fusion.RRF: sql.SQL(
+        """COALESCE(%(vector_weight)s / (%(rrf_k)s + s.rank), 0.0)
+           + COALESCE((1 - %(vector_weight)s) / (%(rrf_k)s + l.rank), 0.0)"""
+    ),
+}
 
 
 #: Per-version fields live once per page in `cv_pages`, not in the chunk rows (see `app.chunking.version_metadata`);

@@ -23,11 +23,13 @@ from typing import Any, TypeGuard
 import numpy as np
 from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
+from pgvector import HalfVector
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from app.db import embedding_type
 from app.errors import RetryableError
 from app.models import Page
 
@@ -457,12 +459,16 @@ class VectorStore:
         statement = sql.SQL("COPY {t} (text, metadata_, node_id, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
             t=self._t
         )
+        # The column's type as it is now (VECTOR_TYPE; a reindex may have swapped in a halfvec table under a
+        # running worker): one catalog lookup per page write, and binary COPY needs the exact type.
+        halfvec = await embedding_type(conn, self.table) == "halfvec"
         cur = conn.cursor()
         async with cur.copy(statement) as copy:
-            copy.set_types(["varchar", "jsonb", "varchar", "vector"])
+            copy.set_types(["varchar", "jsonb", "varchar", "halfvec" if halfvec else "vector"])
             for node in nodes:
                 vector = np.asarray(embeddings[node.node_id], dtype=np.float32)
-                await copy.write_row((node.get_content(), Jsonb(row_metadata(node)), node.node_id, vector))
+                value = HalfVector(vector) if halfvec else vector
+                await copy.write_row((node.get_content(), Jsonb(row_metadata(node)), node.node_id, value))
 
 
 def sqlalchemy_urls(database_url: str) -> tuple[str, str]:
@@ -474,7 +480,7 @@ def sqlalchemy_urls(database_url: str) -> tuple[str, str]:
     return url, url
 
 
-def llamaindex_store(database_url: str, table: str, embed_dim: int) -> Any:
+def llamaindex_store(database_url: str, table: str, embed_dim: int, *, use_halfvec: bool = False) -> Any:
     """A stock LlamaIndex `PGVectorStore` over our table, for retrieval code that wants LlamaIndex.
 
     Read-only by convention: writes go through `VectorStore.replace_page`, which never duplicates rows.
@@ -490,6 +496,7 @@ def llamaindex_store(database_url: str, table: str, embed_dim: int) -> Any:
         hybrid_search=True,
         text_search_config="simple",
         use_jsonb=True,
+        use_halfvec=use_halfvec,  # VECTOR_TYPE=halfvec: the stock store casts its query vectors to match
     )
 
 

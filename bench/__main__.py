@@ -24,6 +24,7 @@ from bench.common import RESULTS, console, machine
 
 MODULES = (
     "convert_fidelity",
+    "attachment_extraction",
     "hostile_input",
     "write_path",
     "embedding_economy",
@@ -33,6 +34,8 @@ MODULES = (
     "webhook_latency",
     "search_latency",
     "permission_search",
+    "retrieval_quality",
+    "search_scale",  # BENCH_SCALE_ROWS=1000000 for the 1M-chunk run (opt-in: hours on 2 cores)
     "queue_choice",
 )
 _SECTION = re.compile(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench:\1 -->\n?", re.DOTALL)

@@ -341,10 +341,11 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
-async def measure(url: str, confluence: Any, ollama_url: str, sweep: bool) -> str:
+async def measure(server: str, confluence: Any, ollama_url: str, sweep: bool) -> str:
     from app.db import make_pool
     from app.embeddings import OllamaBgeM3Embedding
 
+    url = fresh_database(server, "b_quality")
     questions = load_questions()
     tune = [q for q in questions if q.split == "tune"]
     test = [q for q in questions if q.split == "test"]
@@ -371,7 +372,8 @@ async def measure(url: str, confluence: Any, ollama_url: str, sweep: bool) -> st
         systems["ours vector"] = (ours(pool, embedder, "vector"), our_chunks)
 
         if sweep:
-            out.append(await tune_sweep(pool, embedder, tune, our_chunks, systems))
+            out.append(await tune_sweep(pool, embedder, tune, our_chunks))
+            out.append(await chunk_sweep(server, confluence, ollama_url, embedder, tune))
 
         first: dict[str, Scores] = {}
         for name, (retrieve, chunks) in systems.items():
@@ -429,23 +431,49 @@ async def measure(url: str, confluence: Any, ollama_url: str, sweep: bool) -> st
     return "\n".join(out)
 
 
-async def tune_sweep(pool: Any, embedder: Any, tune: Sequence[Question], chunks: dict[str, str],
-                     systems: dict[str, tuple[Retrieve, dict[str, str]]]) -> str:
-    """Fusion method and weights on the tune split, every candidate over the same table."""
+async def tune_sweep(pool: Any, embedder: Any, tune: Sequence[Question], chunks: dict[str, str]) -> str:
+    """Fusion method, vector weight and field tie-breaker on the tune split, every candidate over one table."""
     from app.search import DEFAULT_TUNING, Fusion
 
-    candidates = []
-    for vector_weight in (0.3, 0.4, 0.5, 0.6, 0.7):
-        candidates.append(replace(DEFAULT_TUNING, fusion=Fusion.RELATIVE, vector_weight=vector_weight))
-        candidates.append(replace(DEFAULT_TUNING, fusion=Fusion.RRF, vector_weight=vector_weight))
+    candidates = [replace(DEFAULT_TUNING, fusion=Fusion.RELATIVE, vector_weight=w) for w in (0.3, 0.5, 0.6, 0.7, 0.8)]
+    candidates += [replace(DEFAULT_TUNING, fusion=Fusion.RRF, vector_weight=w, rrf_k=k)
+                   for k in (20, 60) for w in (0.2, 0.3, 0.4, 0.5)]
+    candidates += [replace(DEFAULT_TUNING, field_tie=w) for w in (0.0, 0.15, 0.3, 0.5, 1.0)]
+    candidates = list(dict.fromkeys(candidates))  # the default appears once
     rows = []
     for tuning in candidates:
         scores = evaluate(tune, await run_questions(ours(pool, embedder, "hybrid", tuning), tune), chunks)
-        rows.append([tuning.fusion.value, f"{tuning.vector_weight:.1f}",
+        fusion = tuning.fusion.value + (f" k={tuning.rrf_k}" if tuning.fusion is Fusion.RRF else "")
+        rows.append([fusion, f"{tuning.vector_weight:.1f}", f"{tuning.field_tie:.2f}",
                      *(_fmt(scores.overall[m]) for m in ("hit_rate@1", "mrr@10", "answer@5", "budget")),
                      "default" if tuning == DEFAULT_TUNING else ""])
-    return show("Tune split: fusion method and vector weight (ours hybrid)",
-                ["fusion", "vector weight", "hit@1", "MRR@10", "answer@5", "budget", ""], rows)
+    return show("Tune split: fusion, vector weight, field tie-breaker (ours hybrid)",
+                ["fusion", "vector weight", "field tie", "hit@1", "MRR@10", "answer@5", "budget", ""], rows)
+
+
+async def chunk_sweep(server: str, confluence: Any, ollama_url: str, embedder: Any,
+                      tune: Sequence[Question]) -> str:
+    """Chunk size and overlap on the tune split: each indexed through the worker into its own database."""
+    from app.db import make_pool
+
+    rows = []
+    for size, overlap in ((256, 32), (384, 48), (512, 64), (768, 96), (1024, 128)):
+        url = fresh_database(server, f"b_quality_{size}")
+        await asyncio.to_thread(index_ours, url, confluence, ollama_url, Indexing(size, overlap))
+        pool = make_pool(url, max_size=2)
+        await pool.open()
+        try:
+            chunks = await table_chunks(pool, "confluence")
+            for mode in ("hybrid", "vector"):
+                s = evaluate(tune, await run_questions(ours(pool, embedder, mode), tune), chunks)
+                rows.append([str(size), str(overlap), mode, str(len(chunks)),
+                             *(_fmt(s.overall[m]) for m in ("hit_rate@1", "mrr@10", "answer@5", "budget")),
+                             "default" if (size, overlap) == (Indexing().chunk_size, Indexing().chunk_overlap)
+                             else ""])
+        finally:
+            await pool.close()
+    return show("Tune split: chunk size and overlap (tokens), ours",
+                ["chunk size", "overlap", "mode", "chunks", "hit@1", "MRR@10", "answer@5", "budget", ""], rows)
 
 
 def main() -> str:
@@ -459,8 +487,7 @@ def main() -> str:
     confluence = start_confluence()
     try:
         with WordLlamaOllama() as ollama, postgres() as server:
-            url = fresh_database(server, "b_quality")
-            return asyncio.run(measure(url, confluence, ollama.base_url, sweep))
+            return asyncio.run(measure(server, confluence, ollama.base_url, sweep))
     finally:
         confluence.stop()
         console.print("")

@@ -653,3 +653,112 @@ async def test_llamaindex_retriever_over_our_table(pool: Any, db_url: str) -> No
     top = retrieved[0].node
     assert top.metadata["page_id"] == "107" and top.ref_doc_id == "107"
     assert "pgbackrest restore" in top.get_content()
+
+
+# --- issue 14: ranking faults found with a real model ---------------------------------------------------------------
+class ConstantEmbedder:
+    """Every text at the same point: the semantic ranking ties everywhere, so the lexical ranking and the
+    tie-breaks alone decide the hybrid order."""
+
+    async def aget_query_embedding(self, query: str) -> list[float]:
+        return [1.0] + [0.0] * (DIM - 1)
+
+
+async def write_chunks(pool: Any, page: Page, chunks: list[tuple[str, str, str]]) -> None:
+    """(node id, heading, text) rows with the constant embedding, written in the order given."""
+    store = VectorStore(pool, TABLE)
+    nodes = []
+    for node_id, heading, text in chunks:
+        node = make_nodes(page, [(heading, text)])[0]
+        node.id_ = node_id
+        nodes.append(node)
+    vector = [1.0] + [0.0] * (DIM - 1)
+    result = await store.replace_page(
+        page, nodes, {n.node_id: vector for n in nodes}, page_meta_hash=metadata_hash({"v": 1})
+    )
+    assert result.written
+
+
+async def test_page_named_by_its_title_ranks_above_a_page_linking_to_it(pool: Any) -> None:
+    """The postmortem's key is only in its title; the index page names it in its text. Titles are part of the
+    full-text document (weight A), so the page the key names comes first."""
+    await write_chunks(
+        pool,
+        make_page("301", "OPS", "Postmortem PM-2024-017: label printing outage", ()),
+        [("c-301", "Root cause", "The intermediate certificate of the label gateway expired.")],
+    )
+    await write_chunks(
+        pool,
+        make_page("302", "OPS", "Incident reviews 2024", ()),
+        [("a-302", "Index", "PM-2024-031, PM-2024-023 and PM-2024-017: read each postmortem for its causes.")],
+    )
+    hits = await search(pool, ConstantEmbedder(), TABLE, "PM-2024-017", k=2)
+    assert [h.page_id for h in hits] == ["301", "302"]
+
+
+async def test_full_text_stems_words(pool: Any) -> None:
+    """"sentinels" finds "Sentinel" (the `simple` configuration found nothing, leaving node id order)."""
+    page = make_page("303", "OPS", "Redis failover", ())
+    await write_chunks(
+        pool,
+        page,
+        [
+            ("a-303", "Replicas", "Two replicas follow the primary."),
+            ("b-303", "Alerts", "Alerts go to the on-call engineer."),
+            ("z-303", "Failover", "A quorum of 2 of the 3 Sentinel processes must agree."),
+        ],
+    )
+    hits = await search(pool, ConstantEmbedder(), TABLE, "how many sentinels are there", k=3)
+    assert hits[0].node_id == "z-303"
+
+
+async def test_ties_break_by_node_id_not_by_row_order(pool: Any) -> None:
+    """Equal scores are ordered by the content-derived node id, whatever order the rows were written in (row
+    ids follow write order, which differs between a first sync, a reindex and a re-sync)."""
+    texts = [(f"{c}-304", "Same", "Identical text about release trains.") for c in "dbca"]
+    await write_chunks(pool, make_page("304", "ENG", "Trains", ()), texts)
+    for mode in SearchMode:
+        hits = await search(pool, ConstantEmbedder(), TABLE, "release trains", k=4, mode=mode)
+        assert [h.node_id for h in hits] == ["a-304", "b-304", "c-304", "d-304"], mode
+
+
+# --- VECTOR_TYPE=halfvec ---------------------------------------------------------------------------------------------
+async def test_halfvec_table_is_written_and_searched_like_a_vector_table(pool: Any, db_url: str) -> None:
+    """A halfvec table (pgvector >= 0.7) takes the binary COPY write path and both search modes, ranks like the
+    float32 table, keeps its HNSW index usable, and a stock `PGVectorStore(use_halfvec=True)` reads it."""
+    from app.db import ensure_vector_table, vector_index_names
+    from app.errors import IndexModelMismatch
+
+    async with pool.connection() as conn:
+        await ensure_vector_table(conn, "half", DIM, "halfvec")
+        row = await (
+            await conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (vector_index_names("half")["embedding"],)
+            )
+        ).fetchone()
+        assert row is not None and "halfvec_cosine_ops" in row[0]
+        with pytest.raises(IndexModelMismatch, match="reindex"):
+            await ensure_vector_table(conn, "half", DIM, "vector")  # a type change needs a reindex
+    await load_corpus(pool)
+    half = VectorStore(pool, "half", track_state=False)
+    for page_id, space, title, labels, sections in CORPUS:
+        await write_page(half, make_page(page_id, space, title, labels), sections)
+    embedder = FakeQueryEmbedder()
+    for mode in SearchMode:
+        for question, page_id in QUESTIONS:
+            full = await search(pool, embedder, TABLE, question, k=3, mode=mode)
+            halved = await search(pool, embedder, "half", question, k=3, mode=mode)
+            assert halved[0].page_id == page_id == full[0].page_id
+            assert halved[0].score == pytest.approx(full[0].score, abs=2e-3)
+
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+
+    class QueryOnly(MockEmbedding):
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return embed_text(query)
+
+    store = llamaindex_store(db_url, "half", DIM, use_halfvec=True)
+    index = VectorStoreIndex.from_vector_store(store, embed_model=QueryOnly(embed_dim=DIM))
+    top = index.as_retriever(similarity_top_k=1).retrieve("restore a postgres database backup")[0].node
+    assert top.metadata["page_id"] == "107"

@@ -17,3 +17,25 @@ def test_filtered_scans_look_deeper_than_unfiltered_ones() -> None:
 def test_ef_search_never_exceeds_pgvectors_cap() -> None:
     assert ef_search_for(5000) == MAX_EF_SEARCH
     assert ef_search_for(5000, filtered=True) == MAX_EF_SEARCH
+
+
+def test_tuning_rejects_weights_outside_the_unit_interval() -> None:
+    import pytest
+
+    from app.search import SearchTuning
+
+    for bad in ({"vector_weight": -0.1}, {"vector_weight": 1.5}, {"field_tie": 2.0}, {"rrf_k": 0}):
+        with pytest.raises(ValueError):
+            SearchTuning(**bad)  # type: ignore[arg-type]
+
+
+def test_each_fusion_renders_its_own_score() -> None:
+    """The fused score is the only part of the statement a fusion changes (same scans, same tie-breaks)."""
+    from app.search import Fusion, _hybrid_sql
+
+    rendered = {f: _hybrid_sql("confluence", space=None, label=None, fusion=f).as_string(None) for f in Fusion}
+    assert "%(rrf_k)s + s.rank" in rendered[Fusion.RRF] and "%(rrf_k)s" not in rendered[Fusion.RELATIVE]
+    assert "s.hi - s.distance" in rendered[Fusion.RELATIVE]
+    for text in rendered.values():
+        assert text.rstrip().endswith("LIMIT %(k)s")
+        assert "d.node_id\n" in text  # the last tie-break: content-derived, never the row id
