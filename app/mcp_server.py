@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+from cachetools import LRUCache
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import ToolAnnotations
@@ -200,6 +201,12 @@ def within_budget(hits: list[SearchHit], max_chars: int) -> tuple[list[Passage],
     return passages, omitted, truncated or omitted > 0
 
 
+#: Rebuilt pages by (table, page id, content hash, overlap): paging through a long page rebuilds it once, not
+#: once per slice (measured in bench/mcp_context.py). The content hash digests the page's chunk ids, which
+#: digest the chunk texts (app/vector_store.py), so an edit is a new key and a stale text is never served;
+#: the readability check runs on every call, before the cache is looked at.
+_rebuilt_pages: LRUCache[tuple[str, str, str, bool], PageText] = LRUCache(maxsize=32)
+
 #: SQL condition: the page `page_id` is readable by the principal set bound as %(principals)s (NULL: the
 #: service account, everything indexed). The rule itself is `cv_may_read` (app/sql/schema.sql, issue 12).
 _READABLE = "(%(principals)s::text[] IS NULL OR cv_may_read(%(principals)s::text[], page_id))"
@@ -224,11 +231,14 @@ async def load_page(rt: Runtime, reference: str, principals: frozenset[str] | No
     Raises ToolError when the page is not in the index (never indexed, deleted, skipped) or not readable, with
     one message for both, so a caller cannot learn that a page they may not read exists."""
     page_id = page_id_from(reference)
-    async with rt.pool.connection() as conn:
+    async with rt.pool.connection() as conn, conn.transaction():
+        # One snapshot for the state row and the chunks, so a page written meanwhile is never half-read (and
+        # never cached under the other version's content hash).
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         cur = conn.cursor(row_factory=dict_row)
         where = "page_id = %(ref)s" if page_id is not None else "url = %(ref)s"
         await cur.execute(
-            f"""SELECT page_id, title, url, space_key, version, last_modified, status, chunk_ids
+            f"""SELECT page_id, title, url, space_key, version, last_modified, status, chunk_ids, content_hash
                 FROM cv_pages WHERE {where} AND status = 'indexed' AND {_READABLE} LIMIT 1""",
             {"ref": page_id if page_id is not None else reference.strip(), "principals": _principals_param(principals)},
         )
@@ -237,6 +247,11 @@ async def load_page(rt: Runtime, reference: str, principals: frozenset[str] | No
             raise ToolError(
                 f"page {reference!r} is not in the index, or not readable by you; use `search` to find pages"
             )
+        overlap = rt.settings.chunk_overlap > 0
+        key = (rt.settings.physical_table, page["page_id"], page["content_hash"], overlap)
+        cached = _rebuilt_pages.get(key)
+        if cached is not None:
+            return page, cached
         await cur.execute(
             sql.SQL(
                 """SELECT node_id, text, metadata_ ->> 'header_path' AS header_path FROM {t}
@@ -247,9 +262,12 @@ async def load_page(rt: Runtime, reference: str, principals: frozenset[str] | No
         rows = await cur.fetchall()
     by_id = {row["node_id"]: row for row in rows}
     order: list[str] = [node for node in page["chunk_ids"] or [] if node in by_id]
-    order += [row["node_id"] for row in rows if row["node_id"] not in set(order)]  # rows written before chunk_ids
-    chunks = [Chunk(by_id[node]["text"], by_id[node]["header_path"] or "") for node in order]
-    return page, assemble(chunks, overlap=rt.settings.chunk_overlap > 0)
+    placed = set(order)
+    order += [row["node_id"] for row in rows if row["node_id"] not in placed]  # rows written before chunk_ids
+    text = assemble([Chunk(by_id[node]["text"], by_id[node]["header_path"] or "") for node in order], overlap=overlap)
+    if page["content_hash"] is not None:
+        _rebuilt_pages[key] = text
+    return page, text
 
 
 def _cursor_offset(cursor: str | None) -> int:

@@ -35,6 +35,7 @@ MODULES = (
     "search_latency",
     "permission_search",
     "retrieval_quality",
+    "mcp_context",
     "search_scale",  # BENCH_SCALE_ROWS=1000000 for the 1M-chunk run (opt-in: hours on 2 cores)
     "queue_choice",
 )
