@@ -75,9 +75,9 @@ async def run(url: str) -> list[list[str]]:
         store = VectorStore(pool, settings.vector_table)
         await store.replace_page(page, nodes, vectors, page_meta_hash=metadata_hash({"v": 1}))
         rt = _Runtime(pool, settings, _Embedder())
-        record, text = await load_page(rt, page.id, None)  # type: ignore[arg-type]
+        _, text = await load_page(rt, page.id, None)  # type: ignore[arg-type]
         naive = sum(len(n.text) for n in nodes) + 2 * (len(nodes) - 1)
-        rebuilt_equal = assemble([Chunk(n.text, n.metadata["header_path"]) for n in nodes], overlap=True).text
+        from_chunks = assemble([Chunk(n.text, n.metadata["header_path"]) for n in nodes], overlap=True).text
         query = "restore the database backup and restart the service"
 
         async def direct_search() -> None:
@@ -112,7 +112,7 @@ async def run(url: str) -> list[list[str]]:
         ["page: chunks / characters", f"{len(nodes)} / {len(text.text):,}"],
         ["get_page slice / whole page (characters)", f"{DEFAULT_PAGE_CHARS / len(text.text):.3f} ({slices} slices)"],
         ["naive chunk concatenation / rebuilt page", f"{naive / len(text.text):.3f}"],
-        ["rebuilt page == chunker input", str(rebuilt_equal == markdown and text.text == markdown)],
+        ["rebuilt page == chunker input", str(from_chunks == markdown and text.text == markdown)],
         [
             "search p50: MCP / direct",
             f"{search_mcp / search_direct:.2f}x ({search_mcp * 1e3:.1f} / {search_direct * 1e3:.1f} ms)",
