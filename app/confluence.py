@@ -195,6 +195,8 @@ class ConfluenceClient:
         self._on_retry, self._sleep = on_retry, sleep
         self._gate = asyncio.Semaphore(settings.confluence_max_concurrency)
         self._fix = "CONFLUENCE_EMAIL and CONFLUENCE_API_TOKEN" if self._cloud else "CONFLUENCE_PAT"
+        if not settings.confluence_base_url:  # name every missing setting, not only the credentials
+            self._fix = "CONFLUENCE_BASE_URL and CONFLUENCE_EMAIL + CONFLUENCE_API_TOKEN (Cloud) or CONFLUENCE_PAT"
         self._http = httpx.AsyncClient(
             auth=self._auth(settings),
             timeout=httpx.Timeout(settings.confluence_timeout),

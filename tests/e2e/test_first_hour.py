@@ -195,3 +195,15 @@ def test_worker_says_it_started(tmp_path: Path, db_url: str) -> None:
     text = log.read_text()
     assert "data: DATABASE_URL (external Postgres)" in text
     assert "configuration: CONFLUENCE" not in text  # configured: nothing to warn about
+
+
+async def test_unconfigured_client_names_the_base_url() -> None:
+    from app.confluence import ConfluenceClient
+    from app.errors import ConfluenceAuthError
+
+    client = ConfluenceClient(make_settings(confluence_base_url=""))
+    try:
+        with pytest.raises(ConfluenceAuthError, match=r"set CONFLUENCE_BASE_URL and .*CONFLUENCE_PAT"):
+            await client.list_space_keys()
+    finally:
+        await client.aclose()
