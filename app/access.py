@@ -163,6 +163,14 @@ async def save_restrictions(conn: AsyncConnection[Any], restrictions: Sequence[R
 
 
 async def save_page_access(conn: AsyncConnection[Any], access: PageAccess) -> None:
+    """Upsert a page's space and path. Any path id without a restriction row gets a not-established one (it
+    denies until read): `cv_page_visible`, the fast form of the rule used by search, relies on every path id
+    having a row. The placeholder is dated -infinity, so any real answer replaces it."""
+    await conn.execute(
+        """INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
+           SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity' ON CONFLICT (content_id) DO NOTHING""",
+        (list(distinct_path(access.path)),),
+    )
     await conn.execute(
         """INSERT INTO cv_page_access (page_id, space_key, path, updated_at) VALUES (%s, %s, %s, now())
            ON CONFLICT (page_id) DO UPDATE SET space_key = EXCLUDED.space_key, path = EXCLUDED.path,

@@ -130,3 +130,29 @@ CREATE TABLE IF NOT EXISTS cv_attachments (
     PRIMARY KEY (page_id, attachment_id)
 );
 CREATE INDEX IF NOT EXISTS cv_attachments_skipped_idx ON cv_attachments (status) WHERE status = 'skipped';
+
+-- The same rule, evaluated fast inside a search: the viewer's readable spaces and the content that blocks them
+-- (restricted without admitting them, or not established) are computed once per query, then each candidate row
+-- costs one primary-key probe. Equal to cv_may_read because every id on a stored path has a cv_restrictions
+-- row (app.access.save_page_access inserts a not-established one for any it lacks).
+CREATE INDEX IF NOT EXISTS cv_restrictions_guarding_idx ON cv_restrictions (content_id) WHERE restricted IS NOT FALSE;
+
+CREATE OR REPLACE FUNCTION cv_viewer_spaces(viewer TEXT[]) RETURNS TEXT[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT COALESCE(array_agg(s.space_key ORDER BY s.space_key), '{}') FROM cv_space_access AS s
+    WHERE s.principals && viewer
+$$;
+
+CREATE OR REPLACE FUNCTION cv_viewer_blocked(viewer TEXT[]) RETURNS TEXT[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT COALESCE(array_agg(r.content_id ORDER BY r.content_id), '{}') FROM cv_restrictions AS r
+    WHERE r.restricted IS NOT FALSE AND (r.restricted IS NULL OR NOT r.principals && viewer)
+$$;
+
+CREATE OR REPLACE FUNCTION cv_page_visible(page TEXT, spaces TEXT[], blocked TEXT[]) RETURNS BOOLEAN
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM cv_page_access AS a
+        WHERE a.page_id = page AND a.space_key = ANY (spaces) AND NOT a.path && blocked
+    )
+$$;

@@ -166,6 +166,12 @@ def test_sql_rule_equals_oracle_on_random_trees(conn: psycopg.Connection[tuple[o
         got = {int(str(page)): bool(allowed) for page, allowed in cur.fetchall()}
         expected = {page: world.oracle(user, page) for page in range(n)}
         assert got == expected, (user, world)
+        fast = conn.execute(
+            """SELECT p::text, cv_page_visible(p::text, cv_viewer_spaces(%(v)s), cv_viewer_blocked(%(v)s))
+               FROM generate_series(0, %(last)s) AS p""",
+            {"v": principals, "last": n - 1},
+        )
+        assert {int(str(page)): bool(allowed) for page, allowed in fast.fetchall()} == expected, (user, world)
 
 
 @given(world=worlds())
@@ -182,6 +188,32 @@ def test_python_decision_equals_oracle_and_names_the_deciding_part(world: World)
             if decision.part == "restriction":  # the named content really excludes them
                 assert decision.content_id is not None
                 assert not principals & by_id[decision.content_id].principals
+
+
+def test_a_path_id_never_read_gets_a_row_that_denies(db_url: str) -> None:
+    """The fast form of the rule (search) needs a restriction row for every path id: saving a page's access
+    creates a not-established one for any missing, so both forms deny until it is read."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from app.access import may_read, save_page_access, save_space
+
+    async def run() -> tuple[bool, bool, object]:
+        async with AsyncConnectionPool(db_url, open=False) as pool:
+            async with pool.connection() as c:
+                await save_space(c, SpaceAccess("A", frozenset({ANYONE})))
+                await save_page_access(c, PageAccess("2", "A", ("1", "2")))
+            viewer = sorted(person_principals("u0", []))
+            async with pool.connection() as c:
+                cur = await c.execute(
+                    "SELECT cv_page_visible('2', cv_viewer_spaces(%(v)s), cv_viewer_blocked(%(v)s)),"
+                    " (SELECT restricted FROM cv_restrictions WHERE content_id = '1')",
+                    {"v": viewer},
+                )
+                row = await cur.fetchone()
+            assert row is not None
+            return await may_read(pool, frozenset(viewer), "2"), bool(row[0]), row[1]
+
+    assert asyncio.run(run()) == (False, False, None)
 
 
 def test_unknown_page_and_missing_path_row_deny(conn: psycopg.Connection[tuple[object, ...]]) -> None:
