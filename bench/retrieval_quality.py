@@ -373,7 +373,8 @@ async def measure(server: str, confluence: Any, ollama_url: str, sweep: bool) ->
 
         if sweep:
             out.append(await tune_sweep(pool, embedder, tune, our_chunks))
-            out.append(await chunk_sweep(server, confluence, ollama_url, embedder, tune))
+            if os.environ.get("BENCH_QUALITY_CHUNKS", "1") != "0":  # five more indexings through the worker
+                out.append(await chunk_sweep(server, confluence, ollama_url, embedder, tune))
 
         first: dict[str, Scores] = {}
         for name, (retrieve, chunks) in systems.items():
@@ -435,10 +436,10 @@ async def tune_sweep(pool: Any, embedder: Any, tune: Sequence[Question], chunks:
     """Fusion method, vector weight and field tie-breaker on the tune split, every candidate over one table."""
     from app.search import DEFAULT_TUNING, Fusion
 
-    candidates = [replace(DEFAULT_TUNING, fusion=Fusion.RELATIVE, vector_weight=w) for w in (0.3, 0.5, 0.6, 0.7, 0.8)]
+    candidates = [replace(DEFAULT_TUNING, fusion=Fusion.RELATIVE, vector_weight=w) for w in (0.5, 0.7)]
     candidates += [replace(DEFAULT_TUNING, fusion=Fusion.RRF, vector_weight=w, rrf_k=k)
-                   for k in (20, 60) for w in (0.2, 0.3, 0.4, 0.5)]
-    candidates += [replace(DEFAULT_TUNING, field_tie=w) for w in (0.0, 0.15, 0.3, 0.5, 1.0)]
+                   for k in (10, 20, 60) for w in (0.1, 0.2, 0.3, 0.5)]
+    candidates += [replace(DEFAULT_TUNING, field_tie=w) for w in (0.0, 0.3, 0.6, 1.0)]
     candidates = list(dict.fromkeys(candidates))  # the default appears once
     rows = []
     for tuning in candidates:

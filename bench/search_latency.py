@@ -87,6 +87,7 @@ async def load(url: str, corpus: Corpus) -> dict[str, float]:
         await register_vector_async(conn)
         await conn.execute(f'DROP INDEX "{names["embedding"]}"')
         await conn.execute(f'DROP INDEX "{names["tsv"]}"')
+        await conn.execute(f'DROP INDEX "{names["search"]}"')
         with Timer() as t:
             block = 10_000
             async with conn.cursor().copy(
@@ -126,6 +127,7 @@ async def load(url: str, corpus: Corpus) -> dict[str, float]:
         timings["hnsw"] = t.seconds
         with Timer() as t:
             await conn.execute(f'CREATE INDEX "{names["tsv"]}" ON data_confluence USING gin (text_search_tsv)')
+            await conn.execute(f'CREATE INDEX "{names["search"]}" ON data_confluence USING gin (cv_search_tsv)')
             await conn.execute("VACUUM ANALYZE data_confluence")
         timings["gin"] = t.seconds
     return timings
