@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
@@ -11,7 +12,7 @@ from app.permission_events import SpacePermissionEvent
 from app.webhook import PageEvent, parse_event
 
 
-def parse(body: dict[str, object], event: str | None = None) -> object:
+def parse(body: Mapping[str, object], event: str | None = None) -> object:
     return parse_event(json.dumps(body).encode(), event)
 
 
