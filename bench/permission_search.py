@@ -149,6 +149,7 @@ async def measure(url: str, corpus: Corpus, people: list[frozenset[str]]) -> tup
     try:
         for mode in (SearchMode.VECTOR, SearchMode.HYBRID):
             for filtered in (False, True):
+
                 def principals(q: str, filtered: bool = filtered) -> frozenset[str] | None:
                     return as_whom[q] if filtered else None
 
