@@ -257,7 +257,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     for name, n in sorted(report.queue.items()):
         table.add_row(f"jobs {name}", str(n))
     console.print(table)
-    console.print(report.data)
+    console.print(report.data, soft_wrap=True)
     console.print(_reconcile_line(report.last_reconcile))
     for title, rows in (("Failed pages", report.failed), ("Retrying pages", report.retrying)):
         if rows:
@@ -341,7 +341,8 @@ def db_url() -> None:
     if settings.database_url is None:
         err.print(
             f"The embedded PostgreSQL (DATA_DIR={settings.data_dir}) runs while a confluence-vectors process uses "
-            "it (serve, worker): start one first, or use `confluence-vectors psql`, which keeps it up meanwhile."
+            "it (serve, worker): start one first, or use `confluence-vectors psql`, which keeps it up meanwhile.",
+            soft_wrap=True,  # paths stay whole, for copying
         )
 
 

@@ -50,6 +50,8 @@ MAX_QUERY_CHARS = 1000
 MAX_FILTER_CHARS = 255
 DEFAULT_SEARCH_CHARS = 8_000
 DEFAULT_PAGE_CHARS = 12_000
+#: Sections listed in an outline or an error: a 200-section runbook's full outline would itself flood the context.
+MAX_OUTLINE = 60
 MAX_CHARS = 100_000
 _PAGE_ID_IN_URL = (re.compile(r"[?&]pageId=(\d+)"), re.compile(r"/(?:pages|blog/\d{4}/\d{2}/\d{2})/(\d+)(?:[/?#]|$)"))
 
@@ -98,7 +100,10 @@ class PageSlice(BaseModel):
     total_chars: int = Field(description="Length of the whole page (or section) in characters.")
     text: str = Field(description="This slice of the page, Markdown.")
     next_cursor: str | None = Field(description="Pass to get_page as `cursor` for the next slice; null at the end.")
-    outline: list[PageSection] = Field(description="The page's sections in reading order (first slice only).")
+    outline: list[PageSection] = Field(
+        description="The page's first sections in reading order (first slice only; at most 60 are listed)."
+    )
+    sections_total: int = Field(description="How many sections the page has.")
 
 
 class Space(BaseModel):
@@ -286,7 +291,8 @@ def page_slice(
     if section is not None:
         found = text.section(section)
         if found is None:
-            names = ", ".join(repr(s.header_path) for s in text.sections if s.header_path) or "none"
+            paths = [s.header_path for s in text.sections if s.header_path]
+            names = ", ".join(repr(p) for p in paths[:MAX_OUTLINE]) + (", …" if len(paths) > MAX_OUTLINE else "")
             raise ToolError(f"page {page['page_id']} has no section {section!r}; its sections: {names}")
         body = found
     offset = _cursor_offset(cursor)
@@ -307,9 +313,10 @@ def page_slice(
         total_chars=len(body),
         text=piece.text,
         next_cursor=None if piece.next_offset is None else str(piece.next_offset),
-        outline=[PageSection(section=s.header_path, chars=s.end - s.start) for s in text.sections]
+        outline=[PageSection(section=s.header_path, chars=s.end - s.start) for s in text.sections[:MAX_OUTLINE]]
         if offset == 0
         else [],
+        sections_total=len(text.sections),
     )
 
 

@@ -118,6 +118,7 @@ async def _exercise(session: ClientSession) -> None:
         piece = _data(await session.call_tool("get_page", args))
         assert len(piece["text"]) <= 4000 and piece["total_chars"] == len(expected)
         assert bool(piece["outline"]) == (cursor is None)
+        assert piece["sections_total"] == 30 and len(piece["outline"]) == (30 if cursor is None else 0)
         pieces.append(piece["text"])
         calls += 1
         cursor = piece["next_cursor"]
