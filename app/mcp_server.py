@@ -42,10 +42,9 @@ from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
 from app.page_text import Chunk, PageText, assemble, slice_text
 from app.runtime import Runtime
 from app.search import SearchHit, SearchMode, search
+from app.viewer import HEADER as PERSON_HEADER  # the one name, shared with /search
 from app.viewer import viewer_principals
 
-#: The header naming the person a trusted caller (authenticated by API_TOKEN) acts for; the same as `/search`.
-PERSON_HEADER = "X-Confluence-User"
 MAX_QUERY_CHARS = 1000
 MAX_FILTER_CHARS = 255
 DEFAULT_SEARCH_CHARS = 8_000
