@@ -112,18 +112,24 @@ async def page_nodes(client: ConfluenceClient, settings: Settings, page: Page) -
     return await asyncio.to_thread(convert_and_chunk)
 
 
-async def index_page(rt: Runtime, page: Page) -> Outcome:
-    """Chunk, embed what is new, and swap the page's rows in one transaction."""
+async def document_nodes(rt: Runtime, page: Page) -> tuple[list[TextNode], str]:
+    """Every chunk stored under the page (its body, then its comments and attachments, each a document of its
+    own: app/subdocuments.py) and the digest of their non-embedded metadata, for every writer (this pipeline
+    and `app.reindex`). Attachment records (versions read, skips and their reasons) are stored here."""
     nodes = await page_nodes(rt.confluence, rt.settings, page)
-    # Comments and attachments are documents of their own, stored with the page's rows (app/subdocuments.py).
     comments = await comment_nodes(rt.confluence, rt.settings, page)
     files = await attachment_nodes(rt.confluence, rt.settings, rt.pool, page)
-    extra = [*comments, *files.nodes]
-    nodes = [*nodes, *extra]
-    ids = [node.node_id for node in nodes]
-    documents = [node.metadata for node in extra]  # a new file version or comment author: refresh, no re-embed
-    meta_hash = metadata_hash({"page": page_metadata(page), "documents": documents} if extra else page_metadata(page))
     await record_attachments(rt.pool, page.id, files.records)
+    extra = [*comments, *files.nodes]
+    documents = [node.metadata for node in extra]  # a new file version or comment author: refresh, no re-embed
+    meta = {"page": page_metadata(page), "documents": documents} if extra else page_metadata(page)
+    return [*nodes, *extra], metadata_hash(meta)
+
+
+async def index_page(rt: Runtime, page: Page) -> Outcome:
+    """Chunk, embed what is new, and swap the page's rows in one transaction."""
+    nodes, meta_hash = await document_nodes(rt, page)
+    ids = [node.node_id for node in nodes]
 
     state = await rt.store.page_state(page.id)
     if state is not None and state.status == "indexed":

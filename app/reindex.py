@@ -34,15 +34,15 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from rich.console import Console
 
-from app.chunking import embed_text, page_metadata
+from app.chunking import embed_text
 from app.config import Settings
 from app.db import database_url, fit_identifier, vector_index_names
 from app.errors import ConfluenceVectorsError, PageNotFound
 from app.models import ContentType, Page
-from app.pipeline import admit_page, page_nodes
+from app.pipeline import admit_page, document_nodes
 from app.queue import PageJobRequest, defer_pages
 from app.runtime import Runtime
-from app.vector_store import INDEXED_COLUMNS, VectorStore, indexed_columns, metadata_hash
+from app.vector_store import INDEXED_COLUMNS, VectorStore, indexed_columns
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,10 @@ class _Rebuild:
             if reason is not None:
                 await self._remove(page_id, reason, page)
                 return
-            nodes = await page_nodes(self.rt.confluence, self.settings, page)
+            nodes, meta_hash = await document_nodes(self.rt, page)  # body, comments and attachments
             stored = await self.store.node_ids(page.id)
             missing = [node for node in nodes if node.node_id not in stored]
             vectors = await self.rt.embedder.aembed_many([embed_text(node) for node in missing]) if missing else []
-            meta_hash = metadata_hash(page_metadata(page))
             await self.store.replace_page(
                 page,
                 nodes,

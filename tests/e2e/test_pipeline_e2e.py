@@ -71,7 +71,8 @@ def test_real_webhook_bodies_accepted(api: Api) -> None:
         pytest.skip(f"no webhook corpus at {corpus_dir() / 'webhooks'}")
     for path in bodies:
         response = api.webhook(path.read_bytes())
-        expected = 200 if "comment" in path.name else 202
+        # A comment event re-indexes the page it names (issue 11); one that names none is acknowledged, ignored.
+        expected = 200 if "comment" in path.name and b'"parent"' not in path.read_bytes() else 202
         assert response.status_code == expected, (path.name, response.text)
 
 
