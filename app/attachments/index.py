@@ -115,12 +115,6 @@ async def record(pool: AsyncConnectionPool, page_id: str, records: Sequence[Reco
             )
 
 
-async def forget(pool: AsyncConnectionPool, page_id: str) -> None:
-    """Drop the records of a page that has no rows any more (deleted, trashed, restricted)."""
-    async with pool.connection() as conn:
-        await conn.execute("DELETE FROM cv_attachments WHERE page_id = %s", (page_id,))
-
-
 async def skipped(pool: AsyncConnectionPool, *, limit: int = 50) -> list[dict[str, Any]]:
     """Skipped attachments of pages we hold, newest first, for `status`."""
     async with pool.connection() as conn:
