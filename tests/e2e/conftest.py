@@ -71,6 +71,15 @@ class Db:
             return None
         return dict(zip(("status", "version", "chunk_count", "reason", "last_error", "attempts"), row, strict=True))
 
+    def version_fields(self, page_id: str) -> dict[str, Any]:
+        """The page's per-version fields, which live once in `cv_pages` rather than in every row."""
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute(
+                "SELECT version, author, last_modified FROM cv_pages WHERE page_id = %s", (page_id,)
+            ).fetchone()
+        assert row is not None, f"no state row for page {page_id}"
+        return {"version": row[0], "author": row[1], "last_modified": row[2]}
+
     def total_rows(self) -> int:
         with psycopg.connect(self.url) as conn:
             row = conn.execute("SELECT count(*) FROM data_confluence").fetchone()
