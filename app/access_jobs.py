@@ -23,7 +23,7 @@ from app.access import PageAccess, Restriction, SpaceAccess
 from app.errors import RetryableError
 from app.models import ContentType, Page
 from app.permissions_client import AccessUnavailable, PermissionsClient, restriction_unknown, space_unknown
-from app.queue import MAINTENANCE_QUEUE, tasks
+from app.queue import MAINTENANCE_QUEUE, task
 from app.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -263,15 +263,20 @@ async def defer_space_refresh(rt: Runtime, space_key: str) -> bool:
     return True
 
 
-@tasks.task(name="refresh_space_access", queue=MAINTENANCE_QUEUE)
+@task(name="refresh_space_access", queue=MAINTENANCE_QUEUE)
 async def refresh_space_access_job(space_key: str) -> dict[str, Any]:
     """A space permission event: re-read that space now. Its pages follow through `cv_space_access`."""
     space = await refresh_space(current(), space_key)
     return {"space_key": space_key, "established": space.principals is not None}
 
 
-@tasks.periodic(cron="* * * * *", periodic_id="permission_sync")
-@tasks.task(name="permission_sync", queue=MAINTENANCE_QUEUE, pass_context=True, lock="permission_sync")
+@task(
+    name="permission_sync",
+    queue=MAINTENANCE_QUEUE,
+    pass_context=True,
+    lock="permission_sync",
+    periodic={"cron": "* * * * *", "periodic_id": "permission_sync"},
+)
 async def permission_sync_job(context: JobContext, timestamp: int) -> dict[str, Any]:
     """Every minute, on one worker: run the permission sync when `PERMISSION_SYNC_INTERVAL` has passed."""
     rt = current()

@@ -33,7 +33,7 @@ from app.queue import (
     now,
     plan_retry,
     recover_stalled,
-    tasks,
+    task,
 )
 from app.retry import Backoff
 from app.runtime import Runtime, current
@@ -51,7 +51,7 @@ class PageJobFailed(Exception):
     """A page job failed for good; the page is recorded `failed` (the job ends `failed` in procrastinate)."""
 
 
-@tasks.task(name="index_page", queue=PAGES_QUEUE, pass_context=True)
+@task(name="index_page", queue=PAGES_QUEUE, pass_context=True)
 async def index_page_job(
     context: JobContext, page_id: str, content_type: str | None = None, event: str | None = None
 ) -> dict[str, Any]:
@@ -165,8 +165,7 @@ async def recover_stalled_jobs(rt: Runtime) -> int:
     )
 
 
-@tasks.periodic(cron="* * * * *", periodic_id="tick")
-@tasks.task(name="tick", queue=MAINTENANCE_QUEUE, pass_context=True)
+@task(name="tick", queue=MAINTENANCE_QUEUE, pass_context=True, periodic={"cron": "* * * * *", "periodic_id": "tick"})
 async def tick(context: JobContext, timestamp: int) -> None:
     """Every minute, on one worker: recover stalled jobs, prune old deliveries, start reconciliation when due.
 
@@ -205,7 +204,7 @@ async def defer_reconcile(rt: Any) -> bool:
     return True
 
 
-@tasks.task(name="reconcile", queue=MAINTENANCE_QUEUE)
+@task(name="reconcile", queue=MAINTENANCE_QUEUE)
 async def reconcile_job() -> dict[str, int]:
     from app.sync import reconcile
 

@@ -43,7 +43,43 @@ MAINTENANCE_QUEUE = "maintenance"
 INDEX_PAGE = "cv:index_page"
 RECONCILE = "cv:reconcile"
 
-tasks = procrastinate.Blueprint()
+#: Our tasks' names carry this prefix in the jobs table (`cv:index_page`).
+TASK_NAMESPACE = "cv"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskSpec:
+    func: Callable[..., Any]
+    options: dict[str, Any]
+    periodic: dict[str, Any] | None
+
+
+_TASK_SPECS: list[_TaskSpec] = []
+
+
+def task(*, name: str, periodic: dict[str, Any] | None = None, **options: Any) -> Callable[[F], F]:
+    """Declare a task of ours (procrastinate's `task` options, and `periodic` ones for a cron task); every App
+    that `build_queue` makes registers it as `cv:<name>`. The decorated function is returned unchanged.
+
+    Why not a module-level procrastinate `Blueprint`: `App.add_tasks_from` renames the blueprint's Task objects
+    in place, so the second App built in one process (tests, a CLI command beside a worker) registered
+    `cv:cv:index_page`, and its jobs could never run.
+    """
+
+    def declare(func: F) -> F:
+        _TASK_SPECS.append(_TaskSpec(func, {"name": f"{TASK_NAMESPACE}:{name}", **options}, periodic))
+        return func
+
+    return declare
+
+
+def _register_tasks(app: procrastinate.App) -> None:
+    for spec in _TASK_SPECS:
+        registered = app.task(**spec.options)(spec.func)
+        if spec.periodic is not None:
+            app.periodic(**spec.periodic)(registered)
+
 
 EnqueueOutcome = Literal["queued", "coalesced"]
 #: Seconds a stopping worker lets its running jobs finish before cancelling them (they are then re-queued).
@@ -75,7 +111,7 @@ def page_lock(page_id: str) -> str:
 
 def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
     """A procrastinate App on our database with our tasks registered (import side effects included)."""
-    from app import access_jobs, jobs  # noqa: F401  (registers the task functions on `tasks`)
+    from app import access_jobs, jobs  # noqa: F401  (their `@task` declarations)
 
     connector = procrastinate.PsycopgConnector(
         conninfo=database_url,
@@ -85,7 +121,7 @@ def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
         kwargs={"application_name": "confluence-vectors-queue"},
     )
     app = procrastinate.App(connector=connector)
-    app.add_tasks_from(tasks, namespace="cv")
+    _register_tasks(app)
     return app
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from app.config import Settings
 from app.errors import ConfluenceAuthError, ConfluenceUnavailable, EmbeddingModelMissing, EmbeddingUnavailable
-from app.queue import plan_retry
+from app.queue import INDEX_PAGE, RECONCILE, plan_retry
 from app.retry import Backoff, parse_retry_after
 from tests.conftest import make_settings
 
@@ -80,7 +80,17 @@ def test_index_page_task_has_no_procrastinate_retry() -> None:
     from app.queue import build_queue
 
     queue = build_queue("postgresql://127.0.0.1:9/none", _settings())
-    # By suffix: a second build_queue in one process registers the blueprint's tasks under "cv:cv:..." (a
-    # known naming bug of the module-level blueprint, tracked separately).
-    page_tasks = [task for task in queue.tasks.values() if task.name.endswith("index_page")]
-    assert page_tasks and all(task.retry_strategy is None for task in page_tasks)
+    assert queue.tasks[INDEX_PAGE].retry_strategy is None
+
+
+def test_every_queue_built_in_a_process_registers_the_same_task_names() -> None:
+    """A second App in one process (tests, a CLI command beside a worker) once registered `cv:cv:index_page`,
+    because procrastinate's `add_tasks_from` renamed a module-level blueprint's tasks in place."""
+    from app.queue import build_queue
+
+    queues = [build_queue("postgresql://127.0.0.1:9/none", _settings()) for _ in range(3)]
+    # procrastinate's own `builtin:` tasks keep its naming quirk; ours are the `cv:` ones.
+    names = [{name for name in queue.tasks if not name.startswith("builtin:")} for queue in queues]
+    assert names[0] == names[1] == names[2]
+    assert {INDEX_PAGE, RECONCILE, "cv:tick", "cv:permission_sync", "cv:refresh_space_access"} <= names[0]
+    assert not any(name.startswith("cv:cv:") for name in names[0])
