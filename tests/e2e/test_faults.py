@@ -235,8 +235,10 @@ def test_ollama_outage_is_visible_and_loses_nothing(
         )
         status = httpx.get(f"{api.url}/status", headers=headers(), timeout=10).json()
         assert status["failed"] == [] and status["pages"] == {"indexed": len(ids)}
-        time.sleep(5.1)  # /readyz caches each check for 5 s
-        assert httpx.get(f"{api.url}/readyz", timeout=20).status_code == 200
+        # /readyz caches each check for 5 s: it turns ready once its cached Ollama failure expires.
+        wait_until(
+            lambda: httpx.get(f"{api.url}/readyz", timeout=20).status_code == 200, timeout=30, what="ready again"
+        )
     assert_all_indexed_once_and_no_failed_job(db, {pid: versions[pid] for pid in ids})
 
 
@@ -384,7 +386,13 @@ def test_postgres_outage_answers_503_then_recovers(
         assert down.headers.get("Retry-After") and down.json()["status"] == "unavailable"
         assert time.monotonic() - started < 15, "webhook senders time out: the 503 must come fast"
         assert httpx.get(f"{api.url}/healthz", timeout=10).status_code == 200  # the process itself is alive
-        time.sleep(3)  # long enough for the in-process worker to trip over the outage too
+        # Every worker must trip over the outage (and restart itself) before Postgres comes back.
+        stopped = [api] if worker is None else [worker]
+        wait_until(
+            lambda: all("worker stopped; restarting" in service.logs() for service in stopped),
+            timeout=60,
+            what="the worker noticed the outage",
+        )
 
         own_pg.start()
         wait_until(own_pg.up, timeout=30, what="Postgres back")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Db, page_body
 from tests.e2e.harness import Api, running, wait_until
-from tests.e2e.test_pipeline_e2e import indexed
+from tests.e2e.test_pipeline_e2e import api_queue_idle, indexed
 from tests.fakes.confluence import FakeConfluence
 
 
@@ -77,7 +76,7 @@ def test_bad_credentials_fail_fast_and_say_which_setting(
     with running(Api(bad, tmp_path / "bad.log")) as service:
         assert service.webhook({"event": "page_created", "page": {"id": 5005}}).status_code == 202  # type: ignore[attr-defined]
         wait_until(lambda: (db.state("5005") or {}).get("status") == "failed", what="failed, not retried forever")
-        time.sleep(1.5)
+        wait_until(lambda: api_queue_idle(db), what="no follow-up job left for the page")
         state = db.state("5005") or {}
         assert state["attempts"] == 1, "a 401 is permanent: no retries"
         assert "CONFLUENCE_API_TOKEN" in state["last_error"] and "not-the-right-token" not in state["last_error"]

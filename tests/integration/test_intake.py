@@ -104,8 +104,8 @@ async def test_a_page_deferred_by_another_transaction_in_between_is_joined_after
     async with pool.connection() as other, other.transaction():
         assert await defer_pages(other, [PageJobRequest("5", "page", "from-another-process")]) == ["queued"]
         ours = asyncio.gather(intake.submit(_delivery("5")), intake.submit(_delivery("6")))
-        await asyncio.sleep(0.5)
-        assert not ours.done()  # blocked on the other transaction's uncommitted job for page 5
+        await _until_a_backend_waits_on_a_lock(pool)  # ours: blocked on the other's uncommitted job for page 5
+        assert not ours.done()
     outcomes = await ours
     await intake.aclose()
     assert outcomes == ["coalesced", "queued"]
@@ -167,3 +167,19 @@ async def test_enqueue_pages_keeps_request_order(pool: Any, queue: Any) -> None:
     outcomes = await enqueue_pages(pool, requests)
     assert outcomes == ["queued", "coalesced", "coalesced"]
     assert len(await _jobs(pool)) == 2
+
+
+async def _until_a_backend_waits_on_a_lock(pool: Any, timeout: float = 30.0) -> None:
+    """Return once some transaction of this database waits on a lock (what the race test sets up), polling
+    pg_stat_activity instead of sleeping for a guessed time."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with pool.connection() as conn:  # a transaction per look: pg_stat_activity is a per-transaction snapshot
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            row = await cur.fetchone()
+        if row and row[0] > 0:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "no transaction ever waited on the page's lock"
+        await asyncio.sleep(0.02)
