@@ -30,7 +30,18 @@ class FakeRuntime:
     settings: Settings
 
 
-def build_app(pool: Any, settings: Settings, *, bind: str | None = "127.0.0.1", embedder: Any = None) -> FastAPI:
+def build_app(
+    pool: Any,
+    settings: Settings,
+    *,
+    bind: str | None = "127.0.0.1",
+    embedder: Any = None,
+    as_service_account: bool = True,
+) -> FastAPI:
+    """The search router on a bare app. These tests are about the HTTP contract, so by default unnamed searches
+    run as the service account (SEARCH_SERVICE_IDENTITY); who sees what is tests/e2e/test_permissions_e2e.py's."""
+    if as_service_account and settings.search_service_identity is None:
+        settings = settings.model_copy(update={"search_service_identity": "service-account"})
     app = FastAPI()
     app.include_router(router)
 
@@ -236,3 +247,13 @@ async def test_prune_drops_old_rows_only(pool: Any) -> None:
     async with pool.connection() as conn:
         row = await (await conn.execute("SELECT count(*) FROM cv_deliveries WHERE digest = 'week'")).fetchone()
     assert row is not None and row[0] == 1
+
+
+async def test_a_search_that_names_no_person_is_refused_with_a_reason(loaded_pool: Any) -> None:
+    """With no SEARCH_SERVICE_IDENTITY, a search must say whose it is: never the service account's view by
+    default (it can read private spaces and restricted pages)."""
+    app = build_app(loaded_pool, make_settings(), as_service_account=False)
+    async with await client_for(app) as client:
+        r = await client.get("/search", params={"q": "deploy"})
+    assert r.status_code == 400, r.text
+    assert "X-Confluence-User" in r.text
