@@ -43,7 +43,13 @@ from app.confluence_parse import (
     read_restricted,
     results,
 )
-from app.errors import ConfluenceAuthError, ConfluenceProtocolError, ConfluenceUnavailable, PageNotFound
+from app.errors import (
+    ConfluenceAuthError,
+    ConfluenceCredentialsRejected,
+    ConfluenceProtocolError,
+    ConfluenceUnavailable,
+    PageNotFound,
+)
 from app.models import ContentType, Page, PageRef
 from app.retry import Backoff, parse_retry_after
 
@@ -395,7 +401,7 @@ class ConfluenceClient:
 
     async def _download_once(self, url: str, path: str, max_bytes: int) -> bytes:
         if self._http.auth is None:
-            raise ConfluenceAuthError(f"no Confluence credentials configured: set {self._fix}")
+            raise ConfluenceCredentialsRejected(f"no Confluence credentials configured: set {self._fix}")
         try:
             async with self._gate, self._http.stream("GET", url, headers={"Accept": "*/*"}) as response:
                 if response.status_code >= 400:
@@ -687,7 +693,7 @@ class ConfluenceClient:
 
     async def _attempt(self, url: str, params: Params | None, path: str, *, top_level_array: bool = False) -> Any:
         if self._http.auth is None:
-            raise ConfluenceAuthError(f"no Confluence credentials configured: set {self._fix}")
+            raise ConfluenceCredentialsRejected(f"no Confluence credentials configured: set {self._fix}")
         try:
             async with self._gate:
                 response = await self._http.get(url, params=params)
@@ -711,7 +717,9 @@ class ConfluenceClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Transient(status, retry_after, f"answered {status}")
         if status == 401:
-            raise ConfluenceAuthError(f"Confluence refused our credentials (401) for GET {path}: check {self._fix}")
+            raise ConfluenceCredentialsRejected(
+                f"Confluence refused our credentials (401) for GET {path}: check {self._fix}"
+            )
         if status == 403:
             raise ConfluenceAuthError(f"Confluence forbade GET {path} (403): the user of {self._fix} lacks permission")
         if status == 404:

@@ -2,8 +2,9 @@
 
 Every error we raise derives from `ConfluenceVectorsError`. The split that matters operationally is
 `RetryableError` (the queue retries with backoff: 429, 5xx, timeouts, Ollama busy, Postgres away) versus
-`PermanentError` (retrying cannot help: bad credentials, missing model, bad payload). Library exceptions are
-translated at the boundary with `raise ... from exc`. A class docstring is its default message.
+`PermanentError` (retrying cannot help: bad credentials, missing model, bad payload); among the latter,
+`ServiceFault` (credentials, missing model, misconfiguration) is not the page's fault and never ends a page.
+Library exceptions are translated at the boundary with `raise ... from exc`. A class docstring is its default message.
 """
 
 from __future__ import annotations
@@ -29,7 +30,20 @@ class PermanentError(ConfluenceVectorsError):
     """A failure that retrying cannot fix; the page's status records it."""
 
 
-class ConfigurationError(PermanentError):
+class ServiceFault(PermanentError):
+    """A fault of a service we depend on or of our own set-up, not of the page: credentials refused (401), the
+    embedding model missing, a misconfiguration.
+
+    Permanent for the call (retrying at once cannot help, so in-call retries stop), but NOT a verdict on the
+    page: an operator fixes it, and every page must then update by itself. So a page job failing with one
+    never ends the page (`app.queue.plan_retry` keeps retrying with backoff capped at RETRY_MAX_SECONDS, without
+    `JOB_MAX_ATTEMPTS`) and never deletes its rows (`VectorStore.record_failure`): the old version stays
+    searchable while `status` shows the error. Page-level permanent errors (403 or malformed content of that
+    page, an input too long) are the other `PermanentError`s, which do end the page `failed`.
+    """
+
+
+class ConfigurationError(ServiceFault):
     """The configuration is invalid."""
 
 
@@ -45,6 +59,12 @@ class ConfluenceUnavailable(RetryableError, ConfluenceError):
 class ConfluenceAuthError(PermanentError, ConfluenceError):
     """Confluence refused our credentials (401/403): check CONFLUENCE_EMAIL + CONFLUENCE_API_TOKEN (Cloud) or
     CONFLUENCE_PAT (Data Center)."""
+
+
+class ConfluenceCredentialsRejected(ServiceFault, ConfluenceAuthError):
+    """Confluence refused our credentials themselves (401, none configured, treated as anonymous): an expired or
+    rotated token is a fault of the service account, not of any page (a 403 for one page stays a plain
+    `ConfluenceAuthError`: that page is forbidden to us)."""
 
 
 class ConfluenceProtocolError(PermanentError, ConfluenceError):
@@ -64,15 +84,15 @@ class EmbeddingUnavailable(RetryableError, EmbeddingError):
     """The embedding server is unreachable, overloaded or failing."""
 
 
-class EmbeddingModelMissing(PermanentError, EmbeddingError):
+class EmbeddingModelMissing(ServiceFault, EmbeddingError):
     """The embedding model is not present on the Ollama server: run `ollama pull <EMBED_MODEL>`."""
 
 
-class EmbeddingDimensionMismatch(PermanentError, EmbeddingError):
+class EmbeddingDimensionMismatch(ServiceFault, EmbeddingError):
     """The embedding model returned vectors of a different length than EMBED_DIM."""
 
 
-class EmbeddingRejected(PermanentError, EmbeddingError):
+class EmbeddingRejected(ServiceFault, EmbeddingError):
     """The embedding server refused the request (e.g. a model that cannot embed, or a proxy's 401)."""
 
 

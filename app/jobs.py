@@ -4,8 +4,10 @@ A page job never ends in a state that freezes its page. On success it clears the
 failure it records the error on the page's state row (so `status` shows the last error and the attempt count)
 and, unless the failure is final, defers a follow-up job through `defer_pages`, in the same transaction; the
 failed job itself then ends normally. procrastinate's own retry is not used: it re-queues the failed row and
-collides with a newer waiting job of the page (see `app.queue`). A final failure (permanent error, or
-`JOB_MAX_ATTEMPTS` reached) removes the page's rows and ends the job `failed`.
+collides with a newer waiting job of the page (see `app.queue`). A final failure (page-level permanent error,
+or `JOB_MAX_ATTEMPTS` reached) removes the page's rows and ends the job `failed`. A `ServiceFault` (401, the
+embedding model missing...) is never final: the rows stay, and the follow-ups keep coming, at most
+RETRY_MAX_SECONDS apart, until the operator's fix lets the page index.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from procrastinate import JobContext
 from procrastinate.jobs import Job
 
 from app.deliveries import prune_deliveries
-from app.errors import DatabaseUnavailable, PermanentError
+from app.errors import DatabaseUnavailable, PermanentError, ServiceFault
 from app.pipeline import process_page
 from app.queue import (
     MAINTENANCE_QUEUE,
@@ -112,6 +114,7 @@ async def _store_failure(
             permanent=isinstance(exc, PermanentError),
             max_attempts=rt.settings.job_max_attempts,
             conn=conn,
+            service_fault=isinstance(exc, ServiceFault),
         )
         delay = None if record.failed else plan_retry(exc, attempts=record.attempts, settings=rt.settings)
         if delay is not None:

@@ -23,7 +23,7 @@ from app.comments import comment_nodes
 from app.config import Settings
 from app.confluence import ConfluenceClient
 from app.convert import storage_to_markdown, user_refs
-from app.errors import ConfluenceAuthError, PageNotFound
+from app.errors import ConfluenceAuthError, PageNotFound, ServiceFault
 from app.models import ContentType, Page
 from app.permission_events import CONTENT_PERMISSION_EVENTS
 from app.runtime import Runtime
@@ -65,8 +65,12 @@ async def process_page(
         removed = await rt.store.delete_page(page_id, status="deleted", reason="not found in Confluence")
         await forget_page_access(rt, page_id)
         return _done(rt, Outcome(page_id, "deleted", deleted=removed, reason="not found"))
-    except ConfluenceAuthError as exc:  # refused: it may have become restricted; hide it and its subtree
-        await hide_page_access(rt, page_id, f"{type(exc).__name__}: {exc}")
+    except ConfluenceAuthError as exc:
+        # Refused for this page (403): it may have become restricted; hide it and its subtree. Refused our
+        # credentials (401, a ServiceFault) says nothing about the page: it keeps its last known access, as
+        # through any Confluence outage, so its old version stays searchable until the token is fixed.
+        if not isinstance(exc, ServiceFault):
+            await hide_page_access(rt, page_id, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         rt.metrics.stage_seconds.labels("fetch").observe(time.perf_counter() - started)

@@ -33,7 +33,7 @@ from procrastinate.manager import QUEUEING_LOCK_CONSTRAINT
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.config import Settings
-from app.errors import DatabaseUnavailable, PermanentError, RetryableError
+from app.errors import DatabaseUnavailable, PermanentError, RetryableError, ServiceFault
 from app.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,17 @@ def plan_retry(exc: BaseException, *, attempts: int, settings: Settings, rng: Ba
     """Seconds until a failed page job's follow-up runs, or None when the failure is final.
 
     `attempts` counts the page's failed attempts so far, this one included (`cv_pages.attempts`). Final when the
-    error is permanent (`PermanentError`: 401/403, a missing model...) or `JOB_MAX_ATTEMPTS` is reached.
-    Otherwise the delay is full-jitter exponential backoff, uniform(0, min(RETRY_MAX_SECONDS,
-    RETRY_BASE_SECONDS * 2**(attempts-1))) (AWS Architecture Blog, "Exponential Backoff and Jitter"), or the
-    server's `Retry-After` when it gave one (RFC 9110 section 10.2.3), capped at RETRY_MAX_SECONDS.
+    error is a page-level permanent one (`PermanentError`: a 403 for the page, malformed content) or
+    `JOB_MAX_ATTEMPTS` is reached. Never final for a `ServiceFault` (401, a missing model, a misconfiguration):
+    nothing is wrong with the page, and once an operator fixes the service the page must update by itself, so
+    it is retried for as long as the fault lasts, at most RETRY_MAX_SECONDS apart (a final failure would delete
+    the page's rows and leave nothing to retry it). Otherwise the delay is full-jitter exponential backoff,
+    uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**(attempts-1))) (AWS Architecture Blog,
+    "Exponential Backoff and Jitter"), or the server's `Retry-After` when it gave one (RFC 9110 section
+    10.2.3), capped at RETRY_MAX_SECONDS.
     """
-    if isinstance(exc, PermanentError) or attempts >= settings.job_max_attempts:
+    service_fault = isinstance(exc, ServiceFault)
+    if not service_fault and (isinstance(exc, PermanentError) or attempts >= settings.job_max_attempts):
         return None
     backoff = rng or Backoff(base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
     retry_after = exc.retry_after if isinstance(exc, RetryableError) else None

@@ -26,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from app.errors import ServiceFault
 from app.models import PageRef
 from app.queue import (
     EnqueueOutcome,
@@ -286,14 +287,26 @@ async def _held_among(rt: Runtime, ids: Sequence[str]) -> set[str]:
 
 
 async def _failed_with_rows(rt: Runtime, limit: int) -> list[tuple[str, str]]:
-    """(id, content type) of failed pages that still hold vector rows, longest-failed first."""
+    """(id, content type) of failed pages to re-check, longest-failed first, at most `limit`: those that still
+    hold vector rows, and those whose last error is a `ServiceFault` (401, the model missing...) whatever their
+    rows. A service fault no longer ends a page (`app.queue.plan_retry`), but a page ended by one before that
+    (its rows deleted) would otherwise never be retried once the operator fixed the fault."""
     async with rt.pool.connection() as conn:
         cur = await conn.execute(
-            """SELECT page_id, content_type FROM cv_pages WHERE status = 'failed' AND chunk_count > 0
+            """SELECT page_id, content_type FROM cv_pages
+               WHERE status = 'failed' AND (chunk_count > 0 OR split_part(last_error, ':', 1) = ANY(%s))
                ORDER BY updated_at LIMIT %s""",
-            (limit,),
+            (sorted(_service_fault_names()), limit),
         )
         return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
+def _service_fault_names(kind: type[ServiceFault] = ServiceFault) -> set[str]:
+    """Class names of every `ServiceFault`, as `last_error` starts with them (`app.jobs`: "Name: message")."""
+    names = {kind.__name__}
+    for sub in kind.__subclasses__():
+        names |= _service_fault_names(sub)
+    return names
 
 
 async def _held_slice(rt: Runtime, after: str, size: int) -> tuple[list[str], str]:

@@ -326,6 +326,7 @@ class VectorStore:
         permanent: bool,
         max_attempts: int | None = None,
         conn: AsyncConnection[Any] | None = None,
+        service_fault: bool = False,
     ) -> FailureRecord:
         """Count a failed attempt at a page and keep its last error visible in `status`.
 
@@ -337,19 +338,31 @@ class VectorStore:
         content. A page already `failed` starts a fresh count: a job for it comes from a new event or a
         reconciliation, and deserves a full set of attempts. On `conn` (inside the caller's transaction) when
         given, else in a transaction of its own.
+
+        `service_fault` (an `app.errors.ServiceFault`: credentials refused, the embedding model missing...) is
+        never final, whatever `permanent` and the count say: the fault is the service's, not the page's, so the
+        rows stay searchable at their last good version and the caller's follow-up job (backoff capped at
+        RETRY_MAX_SECONDS, `app.queue.plan_retry`) indexes the page once the fault is fixed. Deleting them here
+        would leave a `failed` page with no rows, which nothing ever retries.
         """
         if conn is None:
             async with self.pool.connection() as own, own.transaction():
-                return await self._record_failure(own, page_id, error, permanent, max_attempts)
-        return await self._record_failure(conn, page_id, error, permanent, max_attempts)
+                return await self._record_failure(own, page_id, error, permanent, max_attempts, service_fault)
+        return await self._record_failure(conn, page_id, error, permanent, max_attempts, service_fault)
 
     async def _record_failure(
-        self, conn: AsyncConnection[Any], page_id: str, error: str, permanent: bool, max_attempts: int | None
+        self,
+        conn: AsyncConnection[Any],
+        page_id: str,
+        error: str,
+        permanent: bool,
+        max_attempts: int | None,
+        service_fault: bool = False,
     ) -> FailureRecord:
         stored = await self._lock_page(conn, page_id)
         previous = stored.attempts if stored is not None and stored.status != "failed" else 0
         attempts = previous + 1
-        failed = permanent or (max_attempts is not None and attempts >= max_attempts)
+        failed = not service_fault and (permanent or (max_attempts is not None and attempts >= max_attempts))
         if not failed:
             # Still retrying: the rows (if any) stay searchable; a page that had failed is pending again.
             await conn.execute(

@@ -176,6 +176,29 @@ async def test_reconcile_finds_edits_trash_purges_and_failed_rows_in_calls_indep
     assert confluence.count() <= 6, confluence.requests
 
 
+async def test_reconcile_rechecks_pages_a_service_fault_ended_even_without_rows(rt: Runtime) -> None:
+    """Pages recorded `failed` by a service fault before service faults stopped being final (their rows were
+    deleted) are re-checked, so they recover once the fault is fixed; a page that failed for a page-level
+    reason and holds no rows is not (nothing of it is searchable, and re-fetching it would fail again)."""
+    await _hold(rt, ["701", "702", "703"], status="failed", chunks=0)
+    async with rt.pool.connection() as conn:
+        for page_id, error in [
+            ("701", "EmbeddingModelMissing: model 'bge-m3' is not on the Ollama server"),
+            ("702", "ConfluenceCredentialsRejected: Confluence refused our credentials (401)"),
+            ("703", "ConfluenceAuthError: Confluence forbade GET /wiki/api/v2/pages/703 (403)"),
+        ]:
+            await conn.execute("UPDATE cv_pages SET last_error = %s WHERE page_id = %s", (error, page_id))
+    await _checkpoint(rt)
+
+    report = await reconcile(rt)
+
+    assert {k: v for k, v in (await _queued(rt)).items() if k.startswith("70")} == {
+        "701": "reconcile_failed",
+        "702": "reconcile_failed",
+    }
+    assert report.failed_rechecked == 2
+
+
 async def test_reconcile_existence_slice_rotates_over_every_held_page(
     rt: Runtime, fakes: tuple[FakeConfluence, FakeOllama], monkeypatch: pytest.MonkeyPatch
 ) -> None:
