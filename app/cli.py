@@ -388,7 +388,9 @@ def search(
     mode: Annotated[str, typer.Option(help="hybrid or vector.")] = "hybrid",
     as_user: Annotated[
         str | None,
-        typer.Option("--as", help="The person to search as (Cloud account id / DC username); 'service-account'."),
+        typer.Option(
+            "--as", help="The person to search as (Cloud account id / DC username); omitted: SEARCH_SERVICE_IDENTITY."
+        ),
     ] = None,
 ) -> None:
     """Search the index from the terminal as a person (same ranking and permission filter as GET /search)."""

@@ -178,8 +178,13 @@ class PermissionsClient:
                 principals.add(f"user:{subject['userKey']}")
             elif kind == "group" and subject.get("name"):
                 principals.add(group_principal(str(subject["name"])))
-            elif kind in (None, "anonymous"):
+            elif kind == "anonymous":
                 principals.add(ANYONE)
+            else:  # no subject, or one we cannot expand: it grants nobody (never read as anonymous access)
+                log.warning(
+                    "space permission subject not expandable; it grants nobody here",
+                    extra={"space_key": space_key, "subject_type": kind},
+                )
         return principals
 
     # --- restrictions and paths --------------------------------------------------------------------------
@@ -191,11 +196,18 @@ class PermissionsClient:
             data = await self._c.get_json("v1", path, params)
         except (ConfluenceError, PageNotFound) as exc:
             raise AccessUnavailable(f"read restriction of {content_id}: {exc}") from exc
-        restrictions = data.get("restrictions") or {}
+        # Fail closed on any shape we did not ask for: a missing `restrictions` object, or a subject bucket that
+        # was not expanded (Confluence then names it only under `_expandable`), says nothing about who is
+        # excluded, so it must not read as "no restriction".
+        restrictions = data.get("restrictions") if isinstance(data, Mapping) else None
+        if not isinstance(restrictions, Mapping):
+            raise AccessUnavailable(f"read restriction of {content_id}: answer has no `restrictions` object")
         principals: set[str] = set()
         keys = (("user", "accountId"), ("group", "id")) if self.is_cloud else (("user", "userKey"), ("group", "name"))
         for kind, key in keys:
-            bucket = restrictions.get(kind) or {}
+            bucket = restrictions.get(kind)
+            if not isinstance(bucket, Mapping) or not isinstance(bucket.get("results"), list):
+                raise AccessUnavailable(f"read restriction of {content_id}: its {kind} list was not expanded")
             items = _results(bucket)
             size = bucket.get("size")
             if isinstance(size, int) and size > len(items):

@@ -4,7 +4,8 @@ The API token authenticates the calling application, not a person; the applicati
 for (header `X-Confluence-User`, a Cloud account id or a Data Center username). Without one, a search is
 refused unless the operator set `SEARCH_SERVICE_IDENTITY`: a person's id (every unnamed search answers as
 them), or `service-account`, the indexing account's own, unfiltered view (everything indexed; only for
-deployments whose every caller may see all of it).
+deployments whose every caller may see all of it). That view is reachable only through the operator's setting:
+a caller naming `service-account` is looked up as a person (unknown: refused).
 """
 
 from __future__ import annotations
@@ -32,12 +33,22 @@ class PersonUnavailable(RetryableError):
 
 
 async def viewer_principals(rt: Runtime, identity: str | None) -> frozenset[str] | None:
-    """The principal set to search with; None only for the explicit `service-account` identity.
+    """The principal set to search with; None only when the operator configured SEARCH_SERVICE_IDENTITY as
+    `service-account` and the caller named nobody. `identity` (a caller's header, an MCP header, the CLI's
+    `--as`) is always a person resolved through Confluence, whatever it says.
 
     Raises PersonRequired (no identity), PersonUnknown, PersonUnavailable (Confluence refused or is down:
     we cannot know what they may read, so we answer nothing rather than guess).
     """
-    named = (identity or "").strip() or (rt.settings.search_service_identity or "").strip()
+    named = (identity or "").strip()
+    if not named:
+        # Only the operator's own configuration may choose the unfiltered view: the literal is compared here,
+        # on the configured value, and never on what a caller sent (a caller naming `service-account` is a
+        # person called that, looked up in Confluence like any other).
+        configured = (rt.settings.search_service_identity or "").strip()
+        if configured == SERVICE_ACCOUNT:
+            return None
+        named = configured
     if not named:
         raise PersonRequired(
             f"name the person this search is for in the {HEADER} header (Cloud account id or Data Center "
@@ -45,8 +56,6 @@ async def viewer_principals(rt: Runtime, identity: str | None) -> frozenset[str]
         )
     if len(named) > MAX_IDENTITY_CHARS or "\x00" in named:
         raise PersonUnknown("the person's identity is not a valid Confluence user id")
-    if named == SERVICE_ACCOUNT:
-        return None
     try:
         person = await permissions(rt).person(named)
     except UnknownPerson as exc:
