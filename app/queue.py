@@ -254,8 +254,30 @@ async def enqueue_pages(pool: AsyncConnectionPool, requests: Sequence[PageJobReq
 StalledPageHandler = Callable[[psycopg.AsyncConnection[Any], Job], Awaitable[None]]
 
 _LOCK_STALLED_JOB = "SELECT id FROM procrastinate_jobs WHERE id = %s AND status = 'doing' FOR UPDATE"
-#: procrastinate's own end-of-job function (`sql/schema.sql`): `aborted`, kept (not deleted) as a trace.
-_ABORT_JOB = "SELECT procrastinate_finish_job_v1(%s, 'aborted'::procrastinate_job_status, false)"
+#: procrastinate's own end-of-job function (`sql/schema.sql`): `aborted`, and the row deleted. Why deleted: an
+#: `aborted` page job left in the table means "ended without handing its page on", which `sweep_ended_page_jobs`
+#: repairs; this one has handed its page on (or, when the page reached JOB_MAX_ATTEMPTS, must not be retried).
+_ABORT_JOB = "SELECT procrastinate_finish_job_v1(%s, 'aborted'::procrastinate_job_status, true)"
+#: Page jobs swept per run; the next run (a minute later, the tick) takes the rest.
+SWEEP_BATCH = 500
+#: Page jobs that ended without handing their page on: `aborted` (cancelled mid-job, e.g. by the drain after
+#: Postgres went away, before a follow-up could be stored), or `failed` while the page is not recorded `failed`
+#: (a genuine final failure records the page `failed` first, in the transaction that decides it; see
+#: `app.jobs`). `superseded`: a job of the page waits or runs, and re-reads the page after this one ended.
+#: The two lookups use procrastinate's partial unique indexes on `queueing_lock` (todo) and `lock` (doing).
+_ENDED_PAGE_JOBS = """
+    SELECT j.id, j.lock, j.args->>'page_id', j.args->>'content_type',
+           EXISTS (SELECT 1 FROM procrastinate_jobs w WHERE w.status = 'todo' AND w.queueing_lock = j.lock)
+           OR EXISTS (SELECT 1 FROM procrastinate_jobs w WHERE w.status = 'doing' AND w.lock = j.lock)
+    FROM procrastinate_jobs j LEFT JOIN cv_pages p ON p.page_id = j.args->>'page_id'
+    WHERE j.task_name = %(task)s
+      AND (j.status = 'aborted' OR (j.status = 'failed' AND p.status IS DISTINCT FROM 'failed'))
+    ORDER BY j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+"""
+#: Event name of the follow-ups the sweep defers (logs only).
+SWEEP_EVENT = "retry_ended"
 
 
 async def recover_stalled(queue: procrastinate.App, *, stalled_after: float, hand_back_page: StalledPageHandler) -> int:
@@ -268,9 +290,10 @@ async def recover_stalled(queue: procrastinate.App, *, stalled_after: float, han
     * a page job is NOT retried in place (procrastinate's `retry_job` would collide with a waiting job of the
       same page on the `queueing_lock` index): `hand_back_page` records the lost attempt and defers a
       follow-up through `defer_pages`, which joins a waiting job if there is one, and the stalled job ends as
-      `aborted`, all in one transaction;
+      `aborted` and is deleted (its page is handed on), all in one transaction;
     * any other job (the tick, a reconciliation) is retried by procrastinate, or ended as `aborted` when a
-      newer job with its queueing lock already waits (that one does the same work).
+      newer job with its queueing lock already waits (that one does the same work);
+    * then page jobs that ended without handing their page on are swept (`sweep_ended_page_jobs`).
 
     "Stalled" is procrastinate's rule (`JobManager.get_stalled_jobs`): `doing` on a worker whose heartbeat is
     older than `stalled_after` seconds, or on no worker at all.
@@ -299,10 +322,54 @@ async def recover_stalled(queue: procrastinate.App, *, stalled_after: float, han
             recovered += 1
             log.warning("recovered stalled job", extra={"job_id": job.id, "task": job.task_name})
     try:
+        recovered += await in_deferral_transaction(pool, sweep_ended_page_jobs)
+    except Exception as exc:
+        log.error("could not sweep ended page jobs", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
+    try:
         await manager.prune_stalled_workers(seconds_since_heartbeat=stalled_after)
     except Exception as exc:
         log.error("could not prune stalled workers", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
     return recovered
+
+
+async def sweep_ended_page_jobs(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Hand on the pages of page jobs that ended `aborted`, or `failed` while their page is not recorded
+    `failed`, and delete those job rows, in the caller's transaction; returns how many follow-ups it deferred.
+
+    Why: a job cancelled while it could not store its follow-up (Postgres away for longer than the worker's
+    20 s drain: the drain cancels it inside `app.jobs._store_failure`'s database retries) ends `aborted` with
+    nothing queued, and the page would stay at its old version with no job ever re-running it. A page job of
+    ours never ends that way on purpose: a failure that is not final defers its follow-up and ends normally; a
+    final one records the page `failed` (left alone here: reconciliation re-checks such pages); a stalled one
+    is handed back and deleted (`recover_stalled`). So whatever else ends `aborted` or `failed` lost its page.
+
+    Per page lock, only the newest such job counts: if a job of the page waits or runs (`superseded`), it
+    re-reads the page after the ended one, so the rows are only deleted; otherwise one follow-up is deferred
+    through `defer_pages` (joining a waiting job: procrastinate `queueing_lock`). The rows are deleted in the
+    same transaction, so a job is never swept twice, and `FOR UPDATE ... SKIP LOCKED` keeps two concurrent
+    sweeps (two workers starting) off the same rows. A page whose newer job already succeeded (and was deleted)
+    is indexed once more, finding it unchanged: harmless. At most `SWEEP_BATCH` rows per call.
+    """
+    cur = await conn.execute(_ENDED_PAGE_JOBS, {"task": INDEX_PAGE, "limit": SWEEP_BATCH})
+    rows = await cur.fetchall()
+    if not rows:
+        return 0
+    newest: dict[str, tuple[int, PageJobRequest, bool]] = {}
+    for job_id, lock, page_id, content_type, superseded in rows:
+        if page_id is None:
+            continue
+        if lock not in newest or job_id > newest[lock][0]:
+            newest[lock] = (job_id, PageJobRequest(page_id, content_type, SWEEP_EVENT), bool(superseded))
+    requests = [request for _, request, superseded in newest.values() if not superseded]
+    if requests:
+        await defer_pages(conn, requests)
+    await conn.execute("DELETE FROM procrastinate_jobs WHERE id = ANY(%s)", ([row[0] for row in rows],))
+    if requests:
+        log.warning(
+            "page jobs ended without handing their page on; follow-ups deferred",
+            extra={"pages": [r.page_id for r in requests][:50], "count": len(requests), "swept": len(rows)},
+        )
+    return len(requests)
 
 
 def _hand_back_work(

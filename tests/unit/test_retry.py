@@ -50,7 +50,9 @@ def _settings(max_attempts: int = 12) -> Settings:
         (EmbeddingUnavailable("down"), 6, True),
         (RuntimeError("unexpected"), 1, True),
         (ConfluenceAuthError(), 1, False),
-        (EmbeddingModelMissing(), 1, False),
+        # A service fault (missing model, 401) is not the page's: retried, never final, however long it lasts.
+        (EmbeddingModelMissing(), 1, True),
+        (EmbeddingModelMissing(), 100, True),
         (ConfluenceUnavailable("429"), 11, True),
         (ConfluenceUnavailable("429"), 12, False),
     ],
