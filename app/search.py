@@ -23,7 +23,9 @@ lexical 0.8: `DEFAULT_TUNING`, chosen by measurement with a real model, bench/re
   more than `DF_CAP` rows are dropped before matching, which also bounds the work on big tables; rows
   scoring under half the best are not lexical hits at all, so a chunk sharing only a common word with the
   query does not get fused credit. Ties go to rows matching the whole query (`ts_rank_cd` on
-  `websearch_to_tsquery`, phrases included).
+  `websearch_to_tsquery`, phrases included). For a person (`principals`), the table size and document counts
+  are counted over the rows they may read instead (`_VIEWER_STATISTICS`): a statistic over every row would
+  let a word in a page they cannot read move the scores of pages they can.
 
 Values travel as bound parameters only; the table name as an `Identifier`.
 """
@@ -331,24 +333,9 @@ def _vector_sql(
     )
 
 
-def _hybrid_sql(
-    table: str,
-    *,
-    space: str | None,
-    label: str | None,
-    principals: frozenset[str] | None = None,
-    fusion: Fusion = Fusion.RELATIVE,
-    vector_type: str = "vector",
-) -> sql.Composed:
-    return sql.SQL(
-        """
-        WITH {nearest},
-        semantic AS (
-            SELECT id, distance, row_number() OVER (ORDER BY distance, node_id) AS rank,
-                   min(distance) OVER () AS lo, max(distance) OVER () AS hi
-            FROM nearest
-        ),
-        total AS (
+#: Term statistics (table size `total.n`, document count per query word `terms.df`) over the whole table: the
+#: service account reads every row, so the planner's statistics (`pg_stats`, kept by ANALYZE) may stand in.
+_TABLE_STATISTICS = """total AS (
             SELECT CASE WHEN c.reltuples > 0 THEN least(c.reltuples, %(n_cap)s)::float8
                         ELSE (SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT %(n_cap)s) AS sample)::float8
                    END AS n
@@ -374,7 +361,45 @@ def _hybrid_sql(
                        )
                    )::float8 AS df
             FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS lexeme
+        )"""
+
+#: The same statistics counted only over rows the viewer may read (`cv_page_visible`, the filter the scans
+#: use). Counted over the whole table they would let a word in a page the viewer cannot read change the
+#: rarity weights, hence the scores and order of pages they can read: anyone could test whether a restricted
+#: page contains a word (issue 12: "results never reveal a page the person cannot read"). Both counts stop
+#: at the same caps as the service account's (`N_CAP`, `DF_CAP`), which bound their cost.
+_VIEWER_STATISTICS = """total AS (
+            SELECT count(*)::float8 AS n FROM (SELECT 1 FROM {t} AS d WHERE {visible} LIMIT %(n_cap)s) AS sample
         ),
+        terms AS MATERIALIZED (
+            SELECT phraseto_tsquery('simple', lexeme) AS tsq,
+                   (SELECT count(*) FROM (
+                        SELECT 1 FROM {t} AS d
+                        WHERE d.{column} @@ phraseto_tsquery('simple', lexeme) AND {visible}
+                        LIMIT %(df_cap)s) AS hits
+                   )::float8 AS df
+            FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS lexeme
+        )"""
+
+
+def _hybrid_sql(
+    table: str,
+    *,
+    space: str | None,
+    label: str | None,
+    principals: frozenset[str] | None = None,
+    fusion: Fusion = Fusion.RELATIVE,
+    vector_type: str = "vector",
+) -> sql.Composed:
+    return sql.SQL(
+        """
+        WITH {nearest},
+        semantic AS (
+            SELECT id, distance, row_number() OVER (ORDER BY distance, node_id) AS rank,
+                   min(distance) OVER () AS lo, max(distance) OVER () AS hi
+            FROM nearest
+        ),
+        {statistics},
         weighted AS (
             SELECT terms.tsq, ln(1 + total.n / terms.df) AS idf
             FROM terms, total
@@ -414,8 +439,8 @@ def _hybrid_sql(
     ).format(
         t=sql.Identifier(f"data_{table}"),
         column=sql.Identifier(SEARCH_COLUMN),
-        column_name=sql.Literal(SEARCH_COLUMN),
         config=sql.Literal(TEXT_SEARCH_CONFIG),
+        statistics=_statistics(table, principals),
         score=_FUSED_SCORE[fusion],
         where=_filters("d", space=space, label=label, principals=principals),
         nearest=_nearest_cte(
@@ -424,6 +449,20 @@ def _hybrid_sql(
         version_columns=_VERSION_COLUMNS,
         version_join=_VERSION_JOIN,
     )
+
+
+def _statistics(table: str, principals: frozenset[str] | None) -> sql.Composed:
+    """The `total` and `terms` CTEs of the hybrid statement: over the table for the service account, over the
+    viewer's readable rows for a person (`_VIEWER_STATISTICS` says why)."""
+    t = sql.Identifier(f"data_{table}")
+    column = sql.Identifier(SEARCH_COLUMN)
+    config = sql.Literal(TEXT_SEARCH_CONFIG)
+    if principals is None:
+        return sql.SQL(_TABLE_STATISTICS).format(
+            t=t, column=column, column_name=sql.Literal(SEARCH_COLUMN), config=config
+        )
+    visible = _filters("d", space=None, label=None, principals=principals)
+    return sql.SQL(_VIEWER_STATISTICS).format(t=t, column=column, config=config, visible=visible)
 
 
 #: The fused score of a row of `semantic` (s) FULL JOIN `lexical` (l); a ranking that did not find the row adds 0.
