@@ -134,7 +134,7 @@ def test_compose_has_the_four_services(compose: dict[str, Any]) -> None:
 
 def test_compose_postgres_is_pgvector_with_healthcheck_and_volume(compose: dict[str, Any]) -> None:
     postgres = compose["services"]["postgres"]
-    assert postgres["image"] == "pgvector/pgvector:16"
+    assert postgres["image"] == "pgvector/pgvector:0.8.1-pg16"  # pgvector publishes pgNN / x.y.z-pgNN tags
     assert postgres["healthcheck"]["test"], "a healthcheck gates the app services"
     volumes = postgres["volumes"]
     assert any(str(v).endswith(":/var/lib/postgresql/data") for v in volumes), volumes
