@@ -12,7 +12,9 @@ from tests.conftest import make_settings
 
 def _meta(url: str) -> tuple[str, int, str]:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT embed_model, embed_dim FROM cv_index_meta WHERE table_name = 'confluence'").fetchone()
+        row = conn.execute(
+            "SELECT embed_model, embed_dim FROM cv_index_meta WHERE table_name = 'confluence'"
+        ).fetchone()
         typ = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = 'data_confluence'::regclass AND attname = 'embedding'"
