@@ -14,7 +14,9 @@ element by element; every construct that carries text keeps it. Choices the test
   a table instead becomes one `header: value` line per cell, rows separated by a blank line: a row that
   long is unreadable as a table line and embeds badly as one. Spans are clipped to the real grid and a
   table past a size budget is one line per row, each cell once (app/convert_tables.py): output stays
-  linear in the body, whatever spans an editor typed.
+  linear in the body, whatever spans an editor typed. A cell holding a nested table is never repeated.
+- Quotes, panels, lists, task lists and tables prefix or indent their lines only to a nesting depth of
+  `MAX_NESTING` (8); deeper ones keep their text at that column, so depth cannot multiply the output.
 - Images are `![alt or filename]` with the caption in italics on the next line.
 - Panels (info/note/warning/tip/panel macros, ADF panels) are block quotes led by `**Label:**`.
 - Output is NFC-normalised: macOS-made names arrive as decomposed Hangul jamo, which neither keyword search
@@ -27,7 +29,8 @@ import html
 import html.entities
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from lxml import etree
 from lxml import html as lxml_html
@@ -189,7 +192,19 @@ class _Renderer:
     def __init__(self, users: Mapping[str, str]) -> None:
         self.users = users
         self.table_depth = 0
+        self.tables_rendered = 0  # lets a table cell tell whether it holds a table (then it is never copied)
         self._depth = 0
+        self._nesting = 0
+
+    @contextmanager
+    def nest(self) -> Iterator[bool]:
+        """One level of quote/panel/list/table nesting around rendering its children; yields whether the level
+        may still prefix or indent its lines (`ac.MAX_NESTING`, whose docstring says why)."""
+        self._nesting += 1
+        try:
+            yield self._nesting <= ac.MAX_NESTING
+        finally:
+            self._nesting -= 1
 
     def document(self, root: Element) -> str:
         return unicodedata.normalize("NFC", _tidy("\n\n".join(self.blocks(root))))
@@ -337,21 +352,36 @@ def _list(r: _Renderer, el: Element) -> Rendered:
     """Items one per line; nested lists indented to the parent item's text (2 for `-`, 3 for `1.`)."""
     entries: list[list[str]] = []
     loose = [_text(el.text)]
-    for c in el:
-        name = tag(c)
-        if name == "li":
-            entries.append(r.blocks(c))
-        elif name in ("ul", "ol") and entries:
-            entries[-1] += _as_blocks(r.render(c))  # a list right inside a list belongs to the item above
-        elif name and (blocks := _as_blocks(r.render(c))):
-            entries.append(blocks)
-        loose.append(_text(c.tail))
+    with r.nest() as indent:
+        for c in el:
+            name = tag(c)
+            if name == "li":
+                entries.append(r.blocks(c))
+            elif name in ("ul", "ol") and entries:
+                entries[-1] += _as_blocks(r.render(c))  # a list right inside a list belongs to the item above
+            elif name and (blocks := _as_blocks(r.render(c))):
+                entries.append(blocks)
+            loose.append(_text(c.tail))
     if stray := _paragraph("".join(loose)):
         entries.insert(0, [escape_line_starts(stray)])
     number = _int(el.get("start"), 1, 0, 10**9)
     ordered = tag(el) == "ol"
-    items = [list_item(f"{number + i}. " if ordered else "- ", blocks) for i, blocks in enumerate(entries)]
+    width = None if indent else 0
+    items = [list_item(f"{number + i}. " if ordered else "- ", blocks, width) for i, blocks in enumerate(entries)]
     return ["\n".join(items)] if items else []
+
+
+def _lone_item(r: _Renderer, el: Element) -> Rendered:
+    """An `li` outside any list: a one-item list."""
+    with r.nest() as indent:
+        blocks = r.blocks(el)
+    return [list_item("- ", blocks, None if indent else 0)]
+
+
+def _blockquote(r: _Renderer, el: Element) -> Rendered:
+    with r.nest() as indent:
+        blocks = r.blocks(el)
+    return [quote(blocks, prefix=indent)] if blocks else []
 
 
 def _as_blocks(piece: Rendered) -> list[str]:
@@ -376,9 +406,11 @@ def _table(r: _Renderer, el: Element) -> Rendered:
     caption = r.blocks(caption_el) if caption_el is not None else []
     r.table_depth += 1
     try:
-        cells = _cells(r, _rows(el))
+        with r.nest() as indent:
+            cells = _cells(r, _rows(el))
     finally:
         r.table_depth -= 1
+    r.tables_rendered += 1
     grid = tables.layout(cells)
     if grid is None:  # spans or shape past the budget: each cell's text once (app/convert_tables.py)
         return caption + tables.plain_rows(cells)
@@ -388,7 +420,7 @@ def _table(r: _Renderer, el: Element) -> Rendered:
     wide = len(grid[0]) > _MAX_COLUMNS or any(len(line) > _MAX_ROW_CHARS for line in lines)
     if wide or r.table_depth > 0:
         keyed, columns = tables.short_keys(grid)
-        return caption + columns + _record_table(keyed)
+        return caption + columns + _record_table(keyed, indent=indent)
     return [*caption, "\n".join(lines)]
 
 
@@ -404,18 +436,24 @@ def _rows(table: Element) -> list[list[Element]]:
 
 
 def _cells(r: _Renderer, rows: list[list[Element]]) -> list[list[tables.Cell]]:
-    """Each cell rendered once, with its spans read and capped; placing them is `tables.layout`'s job."""
-    return [
-        [
-            tables.Cell(
-                _cell_lines(r, cell),
-                colspan=tables.span(cell.get("colspan"), tables.MAX_COLSPAN),
-                rowspan=tables.span(cell.get("rowspan"), tables.MAX_ROWSPAN),
+    """Each cell rendered once, with its spans read and capped; placing them is `tables.layout`'s job. A cell
+    that rendered a table of its own is marked not to be copied (app/convert_tables.py says why)."""
+    out: list[list[tables.Cell]] = []
+    for cells in rows:
+        row = []
+        for cell in cells:
+            before = r.tables_rendered
+            lines = _cell_lines(r, cell)
+            row.append(
+                tables.Cell(
+                    lines,
+                    colspan=tables.span(cell.get("colspan"), tables.MAX_COLSPAN),
+                    rowspan=tables.span(cell.get("rowspan"), tables.MAX_ROWSPAN),
+                    copy=r.tables_rendered == before,
+                )
             )
-            for cell in cells
-        ]
-        for cells in rows
-    ]
+        out.append(row)
+    return out
 
 
 def _cell_lines(r: _Renderer, cell: Element) -> list[str]:
@@ -429,16 +467,18 @@ def _markdown_table(grid: list[list[list[str]]]) -> list[str]:
     return [row(grid[0]), "| " + " | ".join("---" for _ in grid[0]) + " |", *map(row, grid[1:])]
 
 
-def _record_table(grid: list[list[list[str]]]) -> list[str]:
+def _record_table(grid: list[list[list[str]]], *, indent: bool = True) -> list[str]:
     """Wide tables: `header: value` per non-empty cell, one paragraph per row (the header row alone if that
-    is all there is)."""
+    is all there is). A value's further lines are indented two spaces unless `indent` is False (past
+    `MAX_NESTING`: records nested in records would otherwise indent every line once per level)."""
+    pad = "  " if indent else ""
     keys = [_unbold(" ".join(line.strip() for line in c)) or f"Column {i + 1}" for i, c in enumerate(grid[0])]
     records = []
     for cells in grid[1:]:
         lines: list[str] = []
         for key, cell in zip(keys, cells, strict=True):
             if cell:
-                lines += [f"{key}: {cell[0].strip()}", *("  " + line for line in cell[1:])]
+                lines += [f"{key}: {cell[0].strip()}", *(pad + line for line in cell[1:])]
         records.append(escape_line_starts("\n".join(lines)))
     return [record for record in records if record] or [escape_line_starts("\n".join(keys))]
 
@@ -462,8 +502,8 @@ _HANDLERS: dict[str, _Handler] = {
     **{name: _emphasis("~~") for name in ("s", "del", "strike")},
     **{name: _code_span for name in ("code", "kbd", "samp", "tt")},
     "ul": _list, "ol": _list, "table": _table, "a": _anchor, "img": _img,
-    "li": lambda r, el: [list_item("- ", r.blocks(el))],
-    "blockquote": lambda r, el: [quote(blocks)] if (blocks := r.blocks(el)) else [],
+    "li": _lone_item,
+    "blockquote": _blockquote,
     "pre": lambda r, el: [fence(body)] if (body := raw_text(el)).strip() else [],
     "hr": lambda r, el: ["---", *r.blocks(el)],  # void tags: a recovering parser may nest text in them
     "br": lambda r, el: "\n" + r.inline(el),

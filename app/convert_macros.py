@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 Element = Any  # lxml ships no type stubs; every element we touch is an lxml `_Element`
@@ -50,6 +51,11 @@ _CLOUD_EMOJI_PLACEHOLDER = "blue-star"
 #: Parameters of an unknown macro that name what it shows (first found wins); every other parameter is a
 #: setting (sizes, colours, sort orders, regexes, revisions) and is never page text.
 _NAME_PARAMETERS = ("title", "name", "diagramname", "caption", "label", "filename", "page", "url")
+#: Nesting levels (block quotes, panels, lists, task lists, tables) that still add their per-line prefix or
+#: indent; deeper ones keep their text at the column they reached. Every level prefixes every line below it,
+#: so unclamped output grows with depth x lines: 78 nested quotes made 38.8x the body, 40 panels 19x. Eight
+#: levels is deeper than any page we have seen an editor make by hand, and at most ~8 x 3 columns per line.
+MAX_NESTING = 8
 
 
 class Render(Protocol):
@@ -60,6 +66,11 @@ class Render(Protocol):
     def blocks(self, el: Element) -> list[str]: ...
 
     def inline(self, el: Element) -> str: ...
+
+    def nest(self) -> AbstractContextManager[bool]:
+        """Enter one nesting level while rendering its children; yields whether that level may still add
+        its prefix or indent (False past `MAX_NESTING`)."""
+        ...
 
 
 Handler = Callable[[Render, Element], Rendered]
@@ -140,20 +151,24 @@ def _escape_line(line: str) -> str:
     return line[:at] + "\\" + line[at:]
 
 
-def quote(blocks: list[str]) -> str:
-    """Blocks as one block quote, every line prefixed so nested lists and code stay inside it."""
+def quote(blocks: list[str], *, prefix: bool = True) -> str:
+    """Blocks as one block quote, every line prefixed so nested lists and code stay inside it; with
+    `prefix=False` (past `MAX_NESTING`) the blocks as they are, so depth cannot multiply the output."""
+    if not prefix:
+        return "\n\n".join(blocks)
     lines = "\n\n".join(blocks).split("\n")
     return "\n".join(f"> {line}" if line else ">" for line in lines)
 
 
-def labelled(label: str, blocks: list[str]) -> list[str]:
-    """A panel: `> **Label:** first paragraph…`, the label on its own line before lists, code or tables."""
+def labelled(label: str, blocks: list[str], *, prefix: bool = True) -> list[str]:
+    """A panel: `> **Label:** first paragraph…`, the label on its own line before lists, code or tables
+    (not quoted when `prefix` is False, past `MAX_NESTING`)."""
     head = f"**{label}:**"
     if not blocks:
         return []
     if _BLOCK_START.match(blocks[0]):
-        return [quote([head, *blocks])]
-    return [quote([f"{head} {blocks[0]}", *blocks[1:]])]
+        return [quote([head, *blocks], prefix=prefix)]
+    return [quote([f"{head} {blocks[0]}", *blocks[1:]], prefix=prefix)]
 
 
 def fence(body: str, info: str = "") -> str:
@@ -251,13 +266,14 @@ def _is_shortname(text: str) -> bool:
 def task_list(r: Render, el: Element) -> list[str]:
     """`- [x]` / `- [ ]` per task, nested task lists indented under their task."""
     items = []
-    for task in el:
-        if tag(task) != "ac:task":
-            continue
-        done = raw_text(child(task, "ac:task-status")).strip().lower() == "complete"
-        body = child(task, "ac:task-body")
-        blocks = r.blocks(body) if body is not None else []
-        items.append(list_item("- [x] " if done else "- [ ] ", blocks, width=2))
+    with r.nest() as indent:
+        for task in el:
+            if tag(task) != "ac:task":
+                continue
+            done = raw_text(child(task, "ac:task-status")).strip().lower() == "complete"
+            body = child(task, "ac:task-body")
+            blocks = r.blocks(body) if body is not None else []
+            items.append(list_item("- [x] " if done else "- [ ] ", blocks, width=2 if indent else 0))
     return ["\n".join(items)] if items else []
 
 
@@ -274,14 +290,16 @@ def _adf_node(r: Render, node: Element) -> list[str]:
     blocks: list[str] = []
     kind = attr(node, "type").lower()
     attributes = {attr(c, "key").lower(): raw_text(c).strip() for c in node if tag(c) == "ac:adf-attribute"}
-    for c in node:
-        if tag(c) == "ac:adf-node":
-            blocks.extend(_adf_node(r, c))
-        elif tag(c) == "ac:adf-content":
-            blocks.extend(r.blocks(c))
+    with r.nest() if kind == "panel" else nullcontext(True) as indent:
+        for c in node:
+            if tag(c) == "ac:adf-node":
+                blocks.extend(_adf_node(r, c))
+            elif tag(c) == "ac:adf-content":
+                blocks.extend(r.blocks(c))
     if kind == "panel":
         panel_type = attributes.get("panel-type", "")
-        return labelled(panel_type.capitalize() if panel_type not in ("", "custom") else "Panel", blocks)
+        label = panel_type.capitalize() if panel_type not in ("", "custom") else "Panel"
+        return labelled(label, blocks, prefix=indent)
     return blocks
 
 
@@ -298,7 +316,9 @@ def macro(r: Render, el: Element) -> Rendered:
         return _code(el, params)
     if name in _PANELS:
         body = child(el, "ac:rich-text-body")
-        return labelled(params.get("title") or name.capitalize(), r.blocks(body) if body is not None else [])
+        with r.nest() as indent:
+            blocks = r.blocks(body) if body is not None else []
+        return labelled(params.get("title") or name.capitalize(), blocks, prefix=indent)
     if name == "expand":
         body = child(el, "ac:rich-text-body")
         return [f"**{params.get('title') or 'Expand'}**", *(r.blocks(body) if body is not None else [])]
