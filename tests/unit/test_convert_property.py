@@ -279,7 +279,7 @@ def test_tables_nested_in_spanned_cells_stay_linear_and_fast(kind: str, levels: 
         ("ul", 78, "<ul>" + "<li>x</li>" * 300 + "</ul>", 300),
         ("panel", 40, "<p>x</p>" * 1000, 1000),
         ("adf-panel", 40, "<p>x</p>" * 1000, 1000),
-        ("task-list", 40, "<p>x</p>" * 1000, 1000),
+        ("task-list", 40, "<p>" + "x<br/>" * 1000 + "</p>", 1000),
         ("ol", 40, "<p>x</p>" * 200, 200),
     ],
 )
