@@ -30,6 +30,20 @@ log = logging.getLogger(__name__)
 
 REFRESH_SPACE = "cv:refresh_space_access"
 PERMISSION_SYNC_STATE = "permission_sync"
+#: A stored path element meaning "this page's path was not read in full". Its `cv_restrictions` row is never
+#: established, so the rule (both SQL forms and `access.decide`) denies the page, and every descendant whose
+#: path copies it, until the path itself is read again: a truncated or stale path must never let the
+#: restrictions it no longer names be skipped (issue 12: "the path must be complete").
+PATH_UNREAD_PREFIX = "path-unread:"
+#: Paths the scheduled sync re-reads per run, beyond restrictions: pages whose path is not read in full or
+#: names something not established first, then the least recently read. Bounds the sync's calls per run
+#: (two or three per page) while a move no event reported still converges within a few runs.
+PATH_RECHECKS_PER_SYNC = 500
+
+
+def path_unread_marker(page_id: str) -> str:
+    """The path element recording that `page_id`'s path could not be read completely."""
+    return f"{PATH_UNREAD_PREFIX}{page_id}"
 
 
 def permissions(rt: Runtime) -> PermissionsClient:
@@ -75,14 +89,21 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
     are recorded and reported in the outcome (the content is still indexed, and shown once access is known).
     """
     client = permissions(rt)
+    marker = path_unread_marker(page.id)
     try:
         path = await client.path(page.id, page.content_type)
     except (AccessUnavailable, RetryableError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        # The path we hold (none, or the one before a move) may lack ancestors whose restrictions count: keep
+        # it, but append the not-established marker, to the page and to its descendants' paths, so nothing
+        # below is shown until a job or the sync reads the path in full (`sync_permissions`).
+        error = f"{type(exc).__name__}: path not read in full: {exc}"
         async with rt.pool.connection() as conn, conn.transaction():
             previous = await _stored_path(conn, page.id)
-            await access.save_restrictions(conn, [restriction_unknown(page.id, error)])
-            await access.save_page_access(conn, PageAccess(page.id, page.space_key, tuple(previous or (page.id,))))
+            held = [i for i in (previous or [page.id]) if i != marker]
+            unread = access.distinct_path([*held, page.id, marker])
+            await access.save_restrictions(conn, [restriction_unknown(marker, error)])
+            await access.save_page_access(conn, PageAccess(page.id, page.space_key, unread))
+            await _rewrite_descendant_paths(conn, page.id, unread, page.space_key)
         log.warning("page path not established; hidden from everyone", extra={"page_id": page.id, "error": error})
         if isinstance(exc, RetryableError):
             raise
@@ -115,8 +136,13 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
         await access.save_restrictions(conn, restrictions)
         await access.save_page_access(conn, PageAccess(page.id, page.space_key, path))
         moved = previous is not None and tuple(previous) != path
-        if moved:
+        if moved:  # also when the previous path was not read in full: its marker leaves the subtree's paths
             await _rewrite_descendant_paths(conn, page.id, path, page.space_key)
+        await conn.execute(
+            """DELETE FROM cv_restrictions WHERE content_id = %(m)s
+               AND NOT EXISTS (SELECT 1 FROM cv_page_access WHERE path @> ARRAY[%(m)s]::text[])""",
+            {"m": marker},
+        )
     if errors:
         log.warning("page access not established; hidden from everyone", extra={"page_id": page.id, "error": errors})
     if transient is not None:
@@ -131,13 +157,15 @@ async def _stored_path(conn: Any, page_id: str) -> list[str] | None:
 
 
 async def _rewrite_descendant_paths(conn: Any, page_id: str, path: tuple[str, ...], space_key: str) -> None:
-    """Descendants keep their path below `page_id` and take its new path above (and its space)."""
+    """Descendants keep their path below `page_id` and take its new path above (and its space). `page_id`'s
+    own not-established marker sits right below it in their paths: it is dropped, and carried again only when
+    the new path holds it (`record_page_access`)."""
     await conn.execute(
         """UPDATE cv_page_access
-           SET path = %(path)s::text[] || path[array_position(path, %(id)s) + 1:],
+           SET path = %(path)s::text[] || array_remove(path[array_position(path, %(id)s) + 1:], %(marker)s),
                space_key = %(space)s, updated_at = now()
            WHERE path @> ARRAY[%(id)s]::text[] AND page_id <> %(id)s""",
-        {"path": list(path), "id": page_id, "space": space_key},
+        {"path": list(path), "id": page_id, "space": space_key, "marker": path_unread_marker(page_id)},
     )
 
 
@@ -190,13 +218,18 @@ class SyncReport:
     restrictions: int = 0
     not_established: int = 0
     adopted: int = 0  # indexed pages that had no access record yet (indexed before issue 12)
+    paths: int = 0  # paths re-read (PATH_RECHECKS_PER_SYNC at most)
 
 
 async def sync_permissions(rt: Runtime) -> SyncReport:
-    """Re-read every space permission and every restriction on an indexed path; drop cached membership.
+    """Re-read every space permission and every restriction on an indexed path, then up to
+    `PATH_RECHECKS_PER_SYNC` paths; drop cached membership.
 
-    Catches what no event reports: membership changes (neither product sends an event), missed webhooks,
-    and anything left not established by an earlier failure.
+    Catches what no event reports: membership changes (neither product sends an event), missed webhooks
+    (a move, a folder moved under a restricted page), and anything left not established by an earlier
+    failure. Paths come first where they decide most: not read in full, then naming content not established
+    (a page the service account can no longer read hides its subtree until the subtree's paths are read
+    again), then the least recently read, so every path is re-read in turn.
     """
     permissions(rt).forget_people()
     report = SyncReport()
@@ -221,7 +254,11 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
             "SELECT space_key FROM cv_page_access UNION SELECT space_key FROM cv_space_access ORDER BY 1"
         )
         spaces = [str(r[0]) for r in await cur.fetchall()]
-        cur = await conn.execute("SELECT DISTINCT unnest(path) FROM cv_page_access ORDER BY 1")
+        cur = await conn.execute(
+            """SELECT DISTINCT id FROM cv_page_access, unnest(path) AS u(id)
+               WHERE NOT starts_with(id, %s) ORDER BY 1""",
+            (PATH_UNREAD_PREFIX,),
+        )
         contents = [str(r[0]) for r in await cur.fetchall()]
     report.spaces, report.restrictions = len(spaces), len(contents)
     for space_key in spaces:
@@ -230,6 +267,7 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
     for start in range(0, len(contents), 100):
         batch = await refresh_restrictions(rt, contents[start : start + 100])
         report.not_established += sum(1 for r in batch if r.restricted is None)
+    report.paths = await _recheck_paths(rt, PATH_RECHECKS_PER_SYNC)
     async with rt.pool.connection() as conn:
         await conn.execute(
             """INSERT INTO cv_state (key, value) VALUES (%s, jsonb_build_object('finished_at', now()))
@@ -238,6 +276,30 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
         )
     log.info("permission sync", extra={"spaces": report.spaces, "restrictions": report.restrictions})
     return report
+
+
+async def _recheck_paths(rt: Runtime, limit: int) -> int:
+    """Re-read the path (and so the access) of up to `limit` indexed pages, most doubtful first."""
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT a.page_id, a.space_key, p.content_type FROM cv_page_access AS a
+               LEFT JOIN cv_pages AS p ON p.page_id = a.page_id
+               ORDER BY EXISTS (SELECT 1 FROM unnest(a.path) AS u(id) WHERE starts_with(u.id, %(prefix)s)) DESC,
+                        EXISTS (SELECT 1 FROM cv_restrictions AS r
+                                WHERE r.content_id = ANY (a.path) AND r.restricted IS NULL) DESC,
+                        a.updated_at, a.page_id
+               LIMIT %(limit)s""",
+            {"prefix": PATH_UNREAD_PREFIX, "limit": limit},
+        )
+        keys = [
+            PageKey(str(r[0]), str(r[1]), "blogpost" if r[2] == "blogpost" else "page") for r in await cur.fetchall()
+        ]
+    for key in keys:
+        try:
+            await record_page_access(rt, key)
+        except RetryableError as exc:  # recorded as not established; the next sync comes back to it first
+            log.warning("page path not re-read; retried next sync", extra={"page_id": key.id, "error": str(exc)})
+    return len(keys)
 
 
 async def permission_sync_due(rt: Runtime) -> bool:
@@ -286,10 +348,15 @@ async def permission_sync_job(context: JobContext, timestamp: int) -> dict[str, 
     return {"ran": True, "spaces": report.spaces, "restrictions": report.restrictions}
 
 
-async def forget_page_access(rt: Runtime, page_id: str) -> None:
-    """The page left the index: its access record goes too (its restriction row may still serve others)."""
-    async with rt.pool.connection() as conn:
+async def forget_page_access(rt: Runtime, page_id: str, error: str = "page not readable in Confluence") -> None:
+    """The page left the index (not found, trashed, archived...): its access record goes, and its restriction
+    is recorded as not established. Confluence answers 404 for a page whose restriction excludes the service
+    account, so "not found" may mean "restricted further": the indexed descendants, whose paths name it, are
+    hidden until their paths are read again (their next job, or the scheduled sync, which re-reads such paths
+    first) rather than shown under a restriction we can no longer read."""
+    async with rt.pool.connection() as conn, conn.transaction():
         await access.forget_page(conn, page_id)
+        await access.save_restrictions(conn, [restriction_unknown(page_id, error)])
 
 
 async def hide_page_access(rt: Runtime, page_id: str, error: str) -> None:
