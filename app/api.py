@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
-from app.api_auth import require_api_token
+from app.api_auth import status_caller
 from app.config import Settings
 from app.gauges import StateGauges
 from app.mcp_server import mount_http as mount_mcp
@@ -24,7 +24,7 @@ from app.queue import run_worker_forever
 from app.routes_access import router as access_router
 from app.routes_search import router as search_router
 from app.runtime import Runtime
-from app.status import status_report
+from app.status import status_report, without_page_details
 from app.webhook import router as webhook_router
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,10 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
         ready = all(r["ok"] for r in results)
         return JSONResponse({"ready": ready, "checks": body}, status_code=200 if ready else 503)
 
-    @app.get("/status", summary="What the index holds", dependencies=[Depends(require_api_token)])
-    async def status(request: Request) -> dict[str, Any]:
+    @app.get("/status", summary="What the index holds (per-page entries for operators only)")
+    async def status(request: Request, operator: Annotated[bool, Depends(status_caller)]) -> dict[str, Any]:
         report = await status_report(request.app.state.runtime)
-        return dataclasses.asdict(report)
+        return dataclasses.asdict(report) if operator else without_page_details(report)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:

@@ -93,3 +93,30 @@ async def require_api_token(request: Request) -> None:
             status_code=403,
             detail="API_TOKEN is not set: only clients on this machine may read wiki content",
         )
+
+
+def is_operator(request: Request) -> bool:
+    """Whether the caller may see per-page operational detail (`/status` lists of page ids, titles, errors and
+    attachment file names), which names pages a person-scoped app's users may not read (issue 12: results,
+    counts and errors never reveal a page the person cannot read, not even through `/status`).
+
+    True for `Authorization: Bearer <OPERATOR_TOKEN>` (constant-time compare), and for a service with neither
+    `API_TOKEN` nor `OPERATOR_TOKEN` (then `require_api_token` admits loopback clients of a loopback-bound
+    server only: someone on the operator's machine, who can run the CLI `status` anyway). The API token alone
+    is never enough: every app holds it, including those answering for a person.
+    """
+    settings = _settings(request)
+    if settings.operator_token is None:
+        return settings.api_token is None
+    scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
+    return scheme.lower() == "bearer" and verify_token(credentials.strip(), settings.operator_token.get_secret_value())
+
+
+async def status_caller(request: Request) -> bool:
+    """FastAPI dependency of `/status`: admits the operator token or whoever `require_api_token` admits, and
+    says whether the caller is an operator (`is_operator`), i.e. sees per-page detail. Raises HTTPException
+    401/403 as `require_api_token` does."""
+    if _settings(request).operator_token is not None and is_operator(request):
+        return True
+    await require_api_token(request)
+    return is_operator(request)

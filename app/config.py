@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_token: SecretStr | None = None
     api_token: SecretStr | None = None
+    #: Bearer token for the per-page detail of `/status` (ids, titles, errors, file names), which the API token,
+    #: also held by person-scoped apps, does not show: issue 12, counts and errors never reveal a page.
+    operator_token: SecretStr | None = None
     index_restricted_pages: bool | None = Field(
         default=None,
         description=(
@@ -199,6 +202,7 @@ class Settings(BaseSettings):
         "webhook_secret",
         "webhook_token",
         "api_token",
+        "operator_token",
         mode="before",
     )
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,23 @@ class StatusReport:
     #: Access that could not be established, so hidden from everyone (fail closed): space keys and content
     #: ids with the error, never titles (app/access.py). Operator-level, like the rest of /status.
     access_not_established: dict[str, Any] = field(default_factory=dict)
+
+
+#: The per-page fields of a `StatusReport`: ids, titles, errors, attachment file names.
+PER_PAGE_FIELDS = ("failed", "retrying", "failed_jobs", "skipped_attachments", "access_not_established")
+
+
+def without_page_details(report: StatusReport) -> dict[str, Any]:
+    """`report` as `/status` shows it to a caller who is not an operator (`app.api_auth.is_operator`): the
+    aggregate counts (pages by status, chunks, queue) stay; every per-page list is emptied and `details` says
+    why. Those lists name pages any person may be unable to read (a restricted page's title in its error,
+    its attachments' file names), and issue 12 says counts and errors never reveal a page the person cannot
+    read, not even through /status. Operators read them with `OPERATOR_TOKEN` or the CLI `status`."""
+    shown = dataclasses.asdict(report)
+    for name in PER_PAGE_FIELDS:
+        shown[name] = {} if isinstance(shown[name], dict) else []
+    shown["details"] = "withheld: per-page entries need OPERATOR_TOKEN (or the CLI `status`)"
+    return shown
 
 
 async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:

@@ -27,6 +27,8 @@ from tests.fakes.confluence import FakeConfluence
 from tests.fakes.ollama import FakeOllama
 
 API_TOKEN = "fault-token"
+OPERATOR_TOKEN = "fault-operator-token"  # /status shows per-page entries to the operator only
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 # --- invariants ---------------------------------------------------------------------------------------------
@@ -205,14 +207,14 @@ def test_ollama_outage_is_visible_and_loses_nothing(
     ids = ["4301", "4302", "4303"]
     versions = put_pages(confluence, ids)
     ollama.go_down()  # connection refused, like a stopped Ollama
-    env = {**env, "API_TOKEN": API_TOKEN}
+    env = {**env, "API_TOKEN": API_TOKEN, "OPERATOR_TOKEN": OPERATOR_TOKEN}
     with running(Api(env, tmp_path / "api.log")) as api:
         assert isinstance(api, Api)
         for pid in ids:
             assert api.webhook({"event": "page_created", "page": {"id": pid}}).status_code == 202
 
         def retrying() -> dict[str, Any] | None:
-            status = httpx.get(f"{api.url}/status", headers=headers(), timeout=10).json()
+            status = httpx.get(f"{api.url}/status", headers=OPERATOR, timeout=10).json()
             errors = {row["page_id"]: row for row in status["retrying"] if row["last_error"]}
             return status if set(ids) <= set(errors) else None
 
@@ -233,7 +235,7 @@ def test_ollama_outage_is_visible_and_loses_nothing(
             timeout=90,
             what="all pages indexed once Ollama is back",
         )
-        status = httpx.get(f"{api.url}/status", headers=headers(), timeout=10).json()
+        status = httpx.get(f"{api.url}/status", headers=OPERATOR, timeout=10).json()
         assert status["failed"] == [] and status["pages"] == {"indexed": len(ids)}
         # /readyz caches each check for 5 s: it turns ready once its cached Ollama failure expires.
         wait_until(
