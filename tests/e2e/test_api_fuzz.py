@@ -89,6 +89,7 @@ def api_schema(fuzz_api: Api) -> BaseSchema:
 OPERATIONS = [
     ("POST", "/webhook/confluence"),
     ("GET", "/search"),
+    ("GET", "/access/explain"),
     ("GET", "/status"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -122,7 +123,7 @@ def _fuzz(
 
 
 #: Negative cases need something to break: only operations with parameters have them.
-WITH_PARAMETERS = {("POST", "/webhook/confluence"), ("GET", "/search")}
+WITH_PARAMETERS = {("POST", "/webhook/confluence"), ("GET", "/search"), ("GET", "/access/explain")}
 CASES = [
     pytest.param(method, path, mode, id=f"{method} {path} {mode.value}")
     for method, path in OPERATIONS
@@ -144,7 +145,7 @@ def test_no_server_error_on_any_generated_request(
             f"{case.method} {case.path} query={case.query} headers={case.headers} -> {response.status_code}: "
             f"{response.text[:500]}\nlogs:\n{fuzz_api.logs()[-3000:]}"
         )
-        if path in ("/search", "/status") and mode is GenerationMode.POSITIVE:
+        if path in ("/search", "/status", "/access/explain") and mode is GenerationMode.POSITIVE:
             assert response.status_code != 401, "the bearer token was sent"
 
     _fuzz(api_schema, method, path, mode, check)
@@ -159,7 +160,7 @@ def test_content_endpoints_refuse_without_the_token(api_schema: BaseSchema, meth
             case.headers.pop("Authorization", None)
         response = case.call(timeout=30)
         assert response.status_code < 500, (case.method, case.path, case.query, response.status_code)
-        if path in ("/search", "/status"):
+        if path in ("/search", "/status", "/access/explain"):
             assert response.status_code == 401, (case.path, response.status_code, response.text[:300])
 
     _fuzz(api_schema, method, path, GenerationMode.POSITIVE, check)
