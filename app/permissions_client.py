@@ -126,12 +126,16 @@ class PermissionsClient:
 
     # --- spaces -------------------------------------------------------------------------------------------
     async def space_access(self, space_key: str) -> SpaceAccess:
-        """Who holds read permission on `space_key`. Raises AccessUnavailable when it cannot be read."""
+        """Who holds read permission on `space_key`. Raises AccessUnavailable when it cannot be read.
+
+        Dated when asked, not when answered: "newer wins" in storage then orders answers by the state they
+        saw, so a slow answer to an earlier request never overwrites one to a later request."""
+        asked = _now()
         try:
             principals = await (self._cloud_space(space_key) if self.is_cloud else self._dc_space(space_key))
         except (ConfluenceError, PageNotFound) as exc:
             raise AccessUnavailable(f"space {space_key} permissions: {exc}") from exc
-        return SpaceAccess(space_key, frozenset(principals), None, _now())
+        return SpaceAccess(space_key, frozenset(principals), None, asked)
 
     async def _cloud_space(self, space_key: str) -> set[str]:
         found = _results(await self._c.get_json("v2", "spaces", {"keys": space_key, "limit": "1"}))
@@ -189,7 +193,10 @@ class PermissionsClient:
 
     # --- restrictions and paths --------------------------------------------------------------------------
     async def restriction(self, content_id: str) -> Restriction:
-        """The read restriction on `content_id` itself (not inherited ones). Raises AccessUnavailable."""
+        """The read restriction on `content_id` itself (not inherited ones). Raises AccessUnavailable.
+
+        Dated when asked (see `space_access`): a late answer to an earlier request must not win."""
+        asked = _now()
         path = f"content/{quote(content_id, safe='')}/restriction/byOperation/read"
         params = {"expand": "restrictions.user,restrictions.group"}
         try:
@@ -217,7 +224,7 @@ class PermissionsClient:
                 if not ident:
                     raise AccessUnavailable(f"read restriction of {content_id} names a {kind} without {key}")
                 principals.add(f"{kind}:{ident}")
-        return Restriction(content_id, bool(principals), frozenset(principals), None, _now())
+        return Restriction(content_id, bool(principals), frozenset(principals), None, asked)
 
     async def path(self, page_id: str, content_type: ContentType) -> tuple[str, ...]:
         """Every content id from the space root down to the page itself. Raises AccessUnavailable."""
@@ -232,9 +239,19 @@ class PermissionsClient:
         ancestors = [str(a["id"]) for a in data.get("ancestors") or () if isinstance(a, dict) and a.get("id")]
         return distinct_path([*ancestors, page_id])
 
-    async def _cloud_ancestors(self, page_id: str) -> list[str]:
+    async def folder_path(self, folder_id: str) -> tuple[str, ...]:
+        """Every content id from the space root down to the folder itself (Cloud: folders are Cloud content,
+        v2 `GET /folders/{id}/ancestors`). Raises AccessUnavailable (also on Data Center, which has none)."""
+        if not self.is_cloud:
+            raise AccessUnavailable(f"folder {folder_id}: Data Center has no folders")
+        try:
+            return distinct_path([*await self._cloud_ancestors(folder_id, "folders"), folder_id])
+        except (ConfluenceError, PageNotFound) as exc:
+            raise AccessUnavailable(f"ancestors of folder {folder_id}: {exc}") from exc
+
+    async def _cloud_ancestors(self, page_id: str, collection: str = "pages") -> list[str]:
         chain: list[str] = []
-        current, collection = page_id, "pages"
+        current = page_id
         for _ in range(1000):  # Confluence has no path this deep; a cycle in its answers must not hang us
             data = await self._c.get_json(
                 "v2", f"{collection}/{quote(current, safe='')}/ancestors", {"limit": str(ANCESTORS_PAGE)}

@@ -11,8 +11,6 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
 from app.access import PageAccess, SpaceAccess, may_read, person_principals, save_page_access, save_space
 from app.access_jobs import refresh_restrictions
 from app.permissions_client import PermissionsClient
@@ -40,11 +38,6 @@ class SlowConfluence:
         return {"restrictions": {"user": {"results": users, "size": len(users)}, "group": {"results": [], "size": 0}}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5 open: PermissionsClient.restriction dates an answer when it is processed, not when it was "
-    "requested (app/permissions_client.py, owned by another change); remove this marker with that fix",
-)
 async def test_late_stale_restriction_answer_does_not_overwrite_newer(pool: Any) -> None:
     confluence = SlowConfluence()
     rt = SimpleNamespace(pool=pool, extra={"permissions": PermissionsClient(confluence)})  # type: ignore[arg-type]
