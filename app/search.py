@@ -23,9 +23,9 @@ lexical 0.8: `DEFAULT_TUNING`, chosen by measurement with a real model, bench/re
   more than `DF_CAP` rows are dropped before matching, which also bounds the work on big tables; rows
   scoring under half the best are not lexical hits at all, so a chunk sharing only a common word with the
   query does not get fused credit. Ties go to rows matching the whole query (`ts_rank_cd` on
-  `websearch_to_tsquery`, phrases included). For a person (`principals`), the table size and document counts
-  are counted over the rows they may read instead (`_VIEWER_STATISTICS`): a statistic over every row would
-  let a word in a page they cannot read move the scores of pages they can.
+  `websearch_to_tsquery`, phrases included). For a person (`principals`), document counts are counted over
+  the rows they may read instead and the table size is a constant (`_VIEWER_STATISTICS`): a statistic over
+  every row would let a word in a page they cannot read move the scores of pages they can.
 
 Values travel as bound parameters only; the table name as an `Identifier`.
 """
@@ -366,11 +366,12 @@ _TABLE_STATISTICS = """total AS (
 #: The same statistics counted only over rows the viewer may read (`cv_page_visible`, the filter the scans
 #: use). Counted over the whole table they would let a word in a page the viewer cannot read change the
 #: rarity weights, hence the scores and order of pages they can read: anyone could test whether a restricted
-#: page contains a word (issue 12: "results never reveal a page the person cannot read"). Both counts stop
-#: at the same caps as the service account's (`N_CAP`, `DF_CAP`), which bound their cost.
-_VIEWER_STATISTICS = """total AS (
-            SELECT count(*)::float8 AS n FROM (SELECT 1 FROM {t} AS d WHERE {visible} LIMIT %(n_cap)s) AS sample
-        ),
+#: page contains a word (issue 12: "results never reveal a page the person cannot read"). Document counts stop
+#: at `DF_CAP` as the service account's do. The table size is the constant `N_CAP`, what the service account
+#: uses on any table past that size: counting the rows a person may read meant a filtered scan of up to
+#: `N_CAP` rows per query (measured: p50 695 ms against 112 ms unfiltered at 20k chunks), and IDF needs only
+#: a scale that is the same for every word.
+_VIEWER_STATISTICS = """total AS (SELECT %(n_cap)s::float8 AS n),
         terms AS MATERIALIZED (
             SELECT phraseto_tsquery('simple', lexeme) AS tsq,
                    (SELECT count(*) FROM (
