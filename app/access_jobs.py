@@ -29,6 +29,7 @@ from app.runtime import Runtime, current
 log = logging.getLogger(__name__)
 
 REFRESH_SPACE = "cv:refresh_space_access"
+REFRESH_FOLDER = "cv:refresh_folder_access"
 PERMISSION_SYNC_STATE = "permission_sync"
 #: A stored path element meaning "this page's path was not read in full". Its `cv_restrictions` row is never
 #: established, so the rule (both SQL forms and `access.decide`) denies the page, and every descendant whose
@@ -269,6 +270,11 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
         report.not_established += sum(1 for r in batch if r.restricted is None)
     report.paths = await _recheck_paths(rt, PATH_RECHECKS_PER_SYNC)
     async with rt.pool.connection() as conn:
+        await conn.execute(  # markers no stored path names any more (their paths were read since)
+            """DELETE FROM cv_restrictions AS r WHERE starts_with(r.content_id, %s)
+               AND NOT EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.path @> ARRAY[r.content_id])""",
+            (PATH_UNREAD_PREFIX,),
+        )
         await conn.execute(
             """INSERT INTO cv_state (key, value) VALUES (%s, jsonb_build_object('finished_at', now()))
                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
@@ -323,6 +329,65 @@ async def defer_space_refresh(rt: Runtime, space_key: str) -> bool:
     except pexc.AlreadyEnqueued:
         return False
     return True
+
+
+async def defer_folder_refresh(rt: Runtime, folder_id: str) -> bool:
+    """Queue a re-read of one folder's restriction and path (coalesced with one already waiting)."""
+    try:
+        await rt.queue.configure_task(
+            REFRESH_FOLDER, queue=MAINTENANCE_QUEUE, queueing_lock=f"folder-access:{folder_id}"
+        ).defer_async(folder_id=folder_id)
+    except pexc.AlreadyEnqueued:
+        return False
+    return True
+
+
+async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
+    """A folder event: re-read the folder's own restriction and its path, and give every indexed page below
+    it the folder's new path above it (no page is fetched, nothing re-embedded). Returns whether the path
+    was read; when it was not (the folder was removed, or refused us), the pages below carry the folder's
+    not-established marker and stay hidden until the sync reads their own paths (`_recheck_paths`)."""
+    await refresh_restrictions(rt, [folder_id])
+    marker = path_unread_marker(folder_id)
+    try:
+        path: tuple[str, ...] | None = await permissions(rt).folder_path(folder_id)
+        error = None
+    except (AccessUnavailable, RetryableError) as exc:
+        path, error = None, f"{type(exc).__name__}: folder path not read in full: {exc}"
+    async with rt.pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            """SELECT path[1:array_position(path, %(id)s)], space_key FROM cv_page_access
+               WHERE path @> ARRAY[%(id)s]::text[] AND page_id <> %(id)s LIMIT 1""",
+            {"id": folder_id},
+        )
+        row = await cur.fetchone()
+        if row is None:  # no indexed page below it: nothing to rewrite
+            return path is not None
+        held, space_key = [str(i) for i in row[0]], str(row[1])
+        if path is None:
+            await access.save_restrictions(conn, [restriction_unknown(marker, error or "not read")])
+            path = access.distinct_path([*held, marker])
+        # Every id on a stored path needs a restriction row (`cv_page_visible` relies on it): new ones start
+        # not established, as `access.save_page_access` does.
+        await conn.execute(
+            """INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
+               SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity' ON CONFLICT (content_id) DO NOTHING""",
+            (list(path),),
+        )
+        await _rewrite_descendant_paths(conn, folder_id, path, space_key)
+    if error is not None:
+        log.warning("folder path not established; its pages hidden", extra={"page_id": folder_id, "error": error})
+        return False
+    # Ancestors new to these paths have placeholder rows (not established): read them now, not at the next sync.
+    stale = await _stale_parts(rt, space_key, path[:-1])
+    await refresh_restrictions(rt, stale[1])
+    return True
+
+
+@task(name="refresh_folder_access", queue=MAINTENANCE_QUEUE)
+async def refresh_folder_access_job(folder_id: str) -> dict[str, Any]:
+    """A folder moved or its restriction changed: its pages' access follows (`refresh_folder`)."""
+    return {"folder_id": folder_id, "path_read": await refresh_folder(current(), folder_id)}
 
 
 @task(name="refresh_space_access", queue=MAINTENANCE_QUEUE)

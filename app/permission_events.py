@@ -12,6 +12,10 @@ Names, after `app.webhook.normalise_event` (Forge/Connect `avi:confluence:<actio
 - a space's permissions: `space_permissions_updated` (Connect/Forge `avi:confluence:permissions_updated:space`),
   naming `space.key`: the space's read permission is re-read (`refresh_space_access`).
 
+- a folder on a path (Cloud only): Forge `avi:confluence:<action>:folder` (`folder_moved`,
+  `folder_permissions_updated`, ...) or a content permission event about content of type `folder`: the folder's
+  restriction and path are re-read and its indexed descendants' paths follow (`refresh_folder_access`).
+
 Neither product sends an event when group membership changes: that is what `PERMISSION_SYNC_INTERVAL` is for.
 """
 
@@ -31,6 +35,8 @@ CONTENT_PERMISSION_EVENTS = frozenset(
     }
 )
 SPACE_PERMISSION_EVENTS = frozenset({"space_permissions_updated"})
+#: Forge `avi:confluence:<action>:folder` normalises to `folder_<action>` (moved, permissions_updated, ...).
+FOLDER_EVENT_PREFIX = "folder_"
 _MAX_SPACE_KEY = 255
 
 
@@ -38,6 +44,33 @@ _MAX_SPACE_KEY = 255
 class SpacePermissionEvent:
     event: str
     space_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class FolderEvent:
+    """A folder changed (moved, restricted, removed). Folders are not indexed, but they sit on their pages'
+    paths: the job re-reads the folder's restriction and path and rewrites its descendants' stored paths."""
+
+    event: str
+    folder_id: str
+
+
+def folder_object(event: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The folder an event is about: any `folder_*` event's `folder` (or `content`) object, or a content
+    permission event (Connect `content_permissions_updated`) whose `content.type` is `folder`."""
+    folder = payload.get("folder")
+    content = payload.get("content")
+    if event.startswith(FOLDER_EVENT_PREFIX):
+        for value in (folder, content):
+            if isinstance(value, dict):
+                return value
+        return None
+    if event in CONTENT_PERMISSION_EVENTS:
+        if isinstance(folder, dict):
+            return folder
+        if isinstance(content, dict) and (content.get("type") or content.get("contentType")) == "folder":
+            return content
+    return None
 
 
 def content_object(payload: dict[str, Any]) -> tuple[dict[str, Any], str] | None:

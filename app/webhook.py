@@ -23,9 +23,12 @@ from app.errors import DatabaseUnavailable, WebhookRejected
 from app.intake import Delivery
 from app.permission_events import (
     CONTENT_PERMISSION_EVENTS,
+    FOLDER_EVENT_PREFIX,
     SPACE_PERMISSION_EVENTS,
+    FolderEvent,
     SpacePermissionEvent,
     content_object,
+    folder_object,
     space_key_of,
 )
 from app.queue import PageJobRequest
@@ -91,7 +94,7 @@ def normalise_event(name: str) -> str:
     return name
 
 
-def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermissionEvent | Ignored:
+def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermissionEvent | FolderEvent | Ignored:
     """Read a webhook body. Raises WebhookRejected (400 not JSON, 422 no usable page id)."""
     try:
         payload = json.loads(body)
@@ -117,6 +120,11 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermis
         if key is None:
             raise WebhookRejected("space permission event without `space.key`", status_code=422)
         return SpacePermissionEvent(event, key)
+    folder = folder_object(event, payload)  # a folder on pages' paths moved or changed its restriction
+    if folder is not None:
+        return FolderEvent(event, _page_id(folder))
+    if event.startswith(FOLDER_EVENT_PREFIX):
+        raise WebhookRejected("folder event without a `folder` (or `content`) object", status_code=422)
     if event in CONTENT_PERMISSION_EVENTS:  # a restriction changed: the page job re-reads it (no re-embed)
         found = content_object(payload)
         if found is None:
@@ -264,6 +272,8 @@ async def confluence_webhook(request: Request) -> JSONResponse:
 
     if isinstance(parsed, SpacePermissionEvent):
         return await _space_permission_event(rt, parsed)
+    if isinstance(parsed, FolderEvent):
+        return await _folder_event(rt, parsed)
     if isinstance(parsed, Ignored):
         metrics.webhook(parsed.event, "ignored")
         return JSONResponse({"status": "ignored", "reason": parsed.reason}, status_code=200)
@@ -304,3 +314,19 @@ async def _space_permission_event(rt: Any, parsed: SpacePermissionEvent) -> JSON
     outcome = "queued" if queued else "duplicate"
     rt.metrics.webhooks.labels(parsed.event, outcome).inc()
     return JSONResponse({"status": outcome, "space_key": parsed.space_key, "event": parsed.event}, status_code=202)
+
+
+async def _folder_event(rt: Any, parsed: FolderEvent) -> JSONResponse:
+    """Queue a re-read of a folder's restriction and path (its pages follow); 503 when it cannot be stored."""
+    from app.access_jobs import defer_folder_refresh
+
+    try:
+        queued = await defer_folder_refresh(rt, parsed.folder_id)
+    except Exception:  # never a 202 for unstored work
+        rt.metrics.webhooks.labels(parsed.event, "unavailable").inc()
+        log.exception("cannot store folder access job", extra={"page_id": parsed.folder_id})
+        body = {"status": "unavailable", "reason": "the job could not be stored; retry later"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    outcome = "queued" if queued else "duplicate"
+    rt.metrics.webhooks.labels(parsed.event, outcome).inc()
+    return JSONResponse({"status": outcome, "folder_id": parsed.folder_id, "event": parsed.event}, status_code=202)

@@ -147,3 +147,32 @@ def test_a_restriction_excluding_the_service_account_hides_the_subtree(
     wait_until(lambda: queue_idle(db_url) and stored_path(db_url, "130") is None, timeout=60, what="130 job")
     assert not {"130", "131", "132"} & found(api, "p-space")
     assert not {"130", "131", "132"} & found(api, "p-lead")  # the service can no longer read them for anyone
+
+
+def test_folder_restriction_and_move_events_reach_the_pages_below(
+    service: Service, wiki: Wiki, db_url: str
+) -> None:
+    api, _ = service
+    # An open folder under the ENG root with a page below it (indexed), beside the wiki's restricted folder 900.
+    wiki.fake.add_container("7000", title="Open folder", space_key="ENG", parent_id="100")
+    wiki.fake.put_page("7001", title="ENG page 7001", body=_body("7001", "in a folder"), space_key="ENG",
+                       parent_id="7000")
+    wiki.pages["7001"] = "page"
+    assert api.webhook({"event": "page_created", "page": {"id": 7001}}).status_code == 202
+    wait_until(lambda: "7001" in found(api, "p-space"), timeout=60, what="7001 indexed")
+    assert {"901", "902"} <= found(api, "p-sre")
+
+    # The folder 900's restriction narrows to g-sec (Connect and Forge event shapes); folder 7000 moves under
+    # 210, in the tree restricted at 200 (Forge `avi:confluence:moved:folder`).
+    wiki.perms.restrict("900", groups=["g-sec"])
+    connect = api.webhook({"event": "content_permissions_updated", "content": {"id": 900, "type": "folder"}})
+    forge = {"eventType": "avi:confluence:permissions_updated:folder", "content": {"id": "900", "type": "folder"}}
+    assert (connect.status_code, api.webhook(forge).status_code) == (202, 202)
+    wiki.fake.move_page("7000", parent_id="210")
+    assert api.webhook({"eventType": "avi:confluence:moved:folder", "folder": {"id": "7000"}}).status_code == 202
+
+    wait_until(lambda: queue_idle(db_url) and "7001" not in found(api, "p-space"), timeout=60, what="events done")
+    assert "200" in (stored_path(db_url, "7001") or [])
+    for page_id in ("901", "902", "7001"):
+        got, allowed = readers(api, wiki, page_id)
+        assert got == allowed, page_id

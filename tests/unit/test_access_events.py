@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 
 from app.errors import WebhookRejected
-from app.permission_events import SpacePermissionEvent
+from app.permission_events import FolderEvent, SpacePermissionEvent
 from app.webhook import PageEvent, parse_event
 
 
@@ -44,3 +44,25 @@ def test_permission_event_without_content_is_rejected() -> None:
 
 def test_other_space_events_are_still_ignored() -> None:
     assert type(parse({"event": "space_updated", "space": {"key": "OPS"}})).__name__ == "Ignored"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"eventType": "avi:confluence:permissions_updated:folder", "content": {"id": "900", "type": "folder"}},
+        {"eventType": "avi:confluence:permissions_updated:folder", "folder": {"id": "900"}},
+        {"eventType": "avi:confluence:moved:folder", "folder": {"id": "900"}},
+        {"event": "content_permissions_updated", "content": {"id": 900, "type": "folder"}},
+    ],
+)
+def test_folder_events_name_the_folder_not_a_page(body: Mapping[str, object]) -> None:
+    """A folder sits on its pages' paths: its restriction or move must be re-evaluated as a folder (fetching
+    it as a page answers 404, and rejecting the event leaves its pages under their old path)."""
+    parsed = parse(body)
+    assert isinstance(parsed, FolderEvent) and parsed.folder_id == "900"
+
+
+def test_folder_event_without_a_folder_is_rejected() -> None:
+    with pytest.raises(WebhookRejected) as rejected:
+        parse({"eventType": "avi:confluence:moved:folder", "space": {"key": "ENG"}})
+    assert rejected.value.status_code == 422
