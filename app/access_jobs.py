@@ -421,7 +421,11 @@ async def forget_page_access(rt: Runtime, page_id: str, error: str = "page not r
     first) rather than shown under a restriction we can no longer read."""
     async with rt.pool.connection() as conn, conn.transaction():
         await access.forget_page(conn, page_id)
-        await access.save_restrictions(conn, [restriction_unknown(page_id, error)])
+        cur = await conn.execute("SELECT 1 FROM cv_page_access WHERE path @> ARRAY[%s]::text[] LIMIT 1", (page_id,))
+        if await cur.fetchone() is not None:  # it guards indexed pages below it
+            await access.save_restrictions(conn, [restriction_unknown(page_id, error)])
+        else:  # nothing names it any more: no row to show as "not established" in `status`
+            await conn.execute("DELETE FROM cv_restrictions WHERE content_id = %s", (page_id,))
 
 
 async def hide_page_access(rt: Runtime, page_id: str, error: str) -> None:
