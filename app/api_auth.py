@@ -120,3 +120,20 @@ async def status_caller(request: Request) -> bool:
         return True
     await require_api_token(request)
     return is_operator(request)
+
+
+async def require_operator(request: Request) -> None:
+    """FastAPI dependency of operator-only routes (`/access/explain`): the operator token, or, on a service with
+    neither token, a loopback client as `require_api_token` admits it. The API token alone is refused (403):
+    person-scoped apps hold it, and "who may read page X" names pages their users may not read.
+    Raises HTTPException 401/403.
+    """
+    if _settings(request).operator_token is not None and is_operator(request):
+        return
+    await require_api_token(request)
+    if not is_operator(request):
+        raise HTTPException(
+            status_code=403,
+            detail="operator-only: send `Authorization: Bearer <OPERATOR_TOKEN>` (or use `confluence-vectors "
+            "explain-access` on the server)",
+        )

@@ -1,7 +1,7 @@
-"""`GET /access/explain`: why a person may or may not read a page (operator-level; API token required).
+"""`GET /access/explain`: why a person may or may not read a page (operator-only: `OPERATOR_TOKEN`).
 
-The answer names content ids, the space key and the person's principals, never page text or titles, and is
-meant for operators holding the API token, like `/status`.
+The answer names content ids, the space key and the person's principals, never page text or titles. It still
+tells whether anyone may read a given page, so the API token that person-scoped apps hold is not enough.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from app.access_explain import explain
-from app.api_auth import require_api_token
+from app.api_auth import require_operator
 from app.errors import ConfluenceVectorsError
 from app.permissions_client import UnknownPerson
 
@@ -22,7 +22,7 @@ router = APIRouter(tags=["access"])
 @router.get(
     "/access/explain",
     summary="Why a person may or may not read a page: stored decision vs Confluence now",
-    dependencies=[Depends(require_api_token)],
+    dependencies=[Depends(require_operator)],
     responses={404: {"description": "Unknown person"}, 503: {"description": "Confluence unavailable"}},
 )
 async def explain_access(

@@ -34,6 +34,9 @@ from tests.fakes.ollama import FakeOllama
 
 API_TOKEN = "fuzz-token-0123456789"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+OPERATOR_TOKEN = "fuzz-operator-0123456789"
+#: Operator-only routes are fuzzed with the operator token (the API token alone gets 403 there).
+OPERATOR_ONLY = {"/access/explain"}
 FUZZ_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -60,6 +63,7 @@ def fuzz_api(pg_server: str, template_db: str, tmp_path_factory: pytest.TempPath
             ollama=ollama,
             data_dir=tmp / "data",
             API_TOKEN=API_TOKEN,
+            OPERATOR_TOKEN=OPERATOR_TOKEN,
             DEDUPE_WINDOW_SECONDS="300",  # the production default: the dedupe path is fuzzed too
             LOG_LEVEL="WARNING",
         )
@@ -140,13 +144,16 @@ def test_no_server_error_on_any_generated_request(
     fakes behind it `/readyz` is 200, so no 503 is excused there either.)"""
 
     def check(case: Case[Any]) -> None:
-        response = case.call(headers={**dict(case.headers or {}), **AUTH}, timeout=30)
+        auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"} if path in OPERATOR_ONLY else AUTH
+        response = case.call(headers={**dict(case.headers or {}), **auth}, timeout=30)
         assert response.status_code < 500, (
             f"{case.method} {case.path} query={case.query} headers={case.headers} -> {response.status_code}: "
             f"{response.text[:500]}\nlogs:\n{fuzz_api.logs()[-3000:]}"
         )
         if path in ("/search", "/status", "/access/explain") and mode is GenerationMode.POSITIVE:
             assert response.status_code != 401, "the bearer token was sent"
+            if path in OPERATOR_ONLY:
+                assert response.status_code != 403, "the operator token was sent"
 
     _fuzz(api_schema, method, path, mode, check)
 
@@ -245,3 +252,14 @@ def test_hostile_webhook_bodies_get_a_4xx_with_a_reason(fuzz_api: Api, body: byt
     )
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
     assert reason in response.json()["reason"]
+
+
+def test_access_explain_is_operator_only(fuzz_api: Api) -> None:
+    """"Who may read page X" names pages a person-scoped app's users may not read: the API token every app holds
+    is refused (403), the operator token is admitted."""
+    params = {"user": "anyone", "page": "1"}
+    with_api = httpx.get(f"{fuzz_api.url}/access/explain", params=params, headers=AUTH, timeout=30)
+    assert with_api.status_code == 403 and "OPERATOR_TOKEN" in with_api.text, with_api.text
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    with_operator = httpx.get(f"{fuzz_api.url}/access/explain", params=params, headers=operator, timeout=30)
+    assert with_operator.status_code not in (401, 403), with_operator.text
