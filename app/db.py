@@ -143,7 +143,6 @@ async def migrate(url: str, settings: Settings, *, table: str | None = None) -> 
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             await conn.execute(_schema_sql())
-            await adopt_empty_table(conn, table, settings)
             await ensure_vector_table(conn, table, settings.embed_dim, settings.vector_type)
             await check_index_model(conn, table, settings.embed_model, settings.embed_dim)
             await _apply_procrastinate_schema(conn)
@@ -272,36 +271,6 @@ async def ensure_vector_table(
         )
     for statement in statements[1:]:
         await conn.execute(statement)
-
-
-async def adopt_empty_table(conn: psycopg.AsyncConnection[Any], table: str, settings: Settings) -> bool:
-    """Drop `data_<table>` when it holds no vector yet but was created for another model, dimension or vector
-    type, so the next statements recreate it for the configured ones. Returns True when it did.
-
-    Why: a first `make run` before `.env` was written creates the table with the defaults (bge-m3, 1024); with
-    no row in it there is nothing to mix or to keep, and asking for a `reindex` of an empty table only confuses.
-    A table with even one row keeps the refusal in `check_index_model`.
-    """
-    built_type = await embedding_type(conn, table)
-    if built_type is None:
-        return False
-    meta = await (
-        await conn.execute("SELECT embed_model, embed_dim FROM cv_index_meta WHERE table_name = %s", (table,))
-    ).fetchone()
-    wanted = (settings.embed_model, settings.embed_dim, settings.vector_type)
-    if meta is not None and (meta[0], meta[1], built_type) == wanted:
-        return False
-    t = sql.Identifier(f"data_{table}")
-    empty = await (await conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {t})").format(t=t))).fetchone()
-    if not (empty and empty[0]):
-        return False
-    await conn.execute(sql.SQL("DROP TABLE {t}").format(t=t))
-    await conn.execute("DELETE FROM cv_index_meta WHERE table_name = %s", (table,))
-    log.warning(
-        "empty vector table recreated for the configured model",
-        extra={"table": f"data_{table}", "embed_model": settings.embed_model, "embed_dim": settings.embed_dim},
-    )
-    return True
 
 
 async def check_index_model(conn: psycopg.AsyncConnection[Any], table: str, model: str, dim: int) -> None:
