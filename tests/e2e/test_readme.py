@@ -131,7 +131,7 @@ def test_mcp_configuration_snippets() -> None:
     http = [s for s in servers if "url" in s]
     assert stdio and http
     for server in stdio:
-        assert server["command"] == "confluence-vectors" and server["args"][0] == "mcp"
+        assert server["command"].rsplit("/", 1)[-1] == "confluence-vectors" and server["args"][0] == "mcp"
         usage = _help("mcp")
         assert all(option in usage for option in server["args"][1:] if option.startswith("--"))
     for server in http:
