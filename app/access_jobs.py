@@ -320,26 +320,23 @@ async def permission_sync_due(rt: Runtime) -> bool:
     return datetime.now(UTC) - finished >= timedelta(seconds=rt.settings.permission_sync_interval)
 
 
-async def defer_space_refresh(rt: Runtime, space_key: str) -> bool:
-    """Queue a re-read of one space's permissions (coalesced with one already waiting)."""
+async def _defer_coalesced(rt: Runtime, task: str, queueing_lock: str, **kwargs: str) -> bool:
+    """Queue one maintenance job; False when one with the same `queueing_lock` already waits (it covers ours)."""
     try:
-        await rt.queue.configure_task(
-            REFRESH_SPACE, queue=MAINTENANCE_QUEUE, queueing_lock=f"space-access:{space_key}"
-        ).defer_async(space_key=space_key)
+        await rt.queue.configure_task(task, queue=MAINTENANCE_QUEUE, queueing_lock=queueing_lock).defer_async(**kwargs)
     except pexc.AlreadyEnqueued:
         return False
     return True
+
+
+async def defer_space_refresh(rt: Runtime, space_key: str) -> bool:
+    """Queue a re-read of one space's permissions (coalesced with one already waiting)."""
+    return await _defer_coalesced(rt, REFRESH_SPACE, f"space-access:{space_key}", space_key=space_key)
 
 
 async def defer_folder_refresh(rt: Runtime, folder_id: str) -> bool:
     """Queue a re-read of one folder's restriction and path (coalesced with one already waiting)."""
-    try:
-        await rt.queue.configure_task(
-            REFRESH_FOLDER, queue=MAINTENANCE_QUEUE, queueing_lock=f"folder-access:{folder_id}"
-        ).defer_async(folder_id=folder_id)
-    except pexc.AlreadyEnqueued:
-        return False
-    return True
+    return await _defer_coalesced(rt, REFRESH_FOLDER, f"folder-access:{folder_id}", folder_id=folder_id)
 
 
 async def refresh_folder(rt: Runtime, folder_id: str) -> bool:

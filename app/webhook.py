@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,29 +304,27 @@ async def _space_permission_event(rt: Any, parsed: SpacePermissionEvent) -> JSON
     """Queue a re-read of the space's read permission; 503 when it cannot be stored (Confluence may retry)."""
     from app.access_jobs import defer_space_refresh
 
-    try:
-        queued = await defer_space_refresh(rt, parsed.space_key)
-    except Exception:  # never a 202 for unstored work
-        rt.metrics.webhooks.labels(parsed.event, "unavailable").inc()
-        log.exception("cannot store space permission job", extra={"space_key": parsed.space_key})
-        body = {"status": "unavailable", "reason": "the job could not be stored; retry later"}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    outcome = "queued" if queued else "duplicate"
-    rt.metrics.webhooks.labels(parsed.event, outcome).inc()
-    return JSONResponse({"status": outcome, "space_key": parsed.space_key, "event": parsed.event}, status_code=202)
+    return await _access_job(rt, parsed.event, "space_key", parsed.space_key, defer_space_refresh)
 
 
 async def _folder_event(rt: Any, parsed: FolderEvent) -> JSONResponse:
     """Queue a re-read of a folder's restriction and path (its pages follow); 503 when it cannot be stored."""
     from app.access_jobs import defer_folder_refresh
 
+    return await _access_job(rt, parsed.event, "folder_id", parsed.folder_id, defer_folder_refresh)
+
+
+async def _access_job(
+    rt: Any, event: str, key_name: str, key: str, defer: Callable[[Any, str], Awaitable[bool]]
+) -> JSONResponse:
+    """202 once the access job for `key` is stored (or joins one waiting); never a 202 for unstored work."""
     try:
-        queued = await defer_folder_refresh(rt, parsed.folder_id)
-    except Exception:  # never a 202 for unstored work
-        rt.metrics.webhooks.labels(parsed.event, "unavailable").inc()
-        log.exception("cannot store folder access job", extra={"page_id": parsed.folder_id})
+        queued = await defer(rt, key)
+    except Exception:
+        rt.metrics.webhooks.labels(event, "unavailable").inc()
+        log.exception("cannot store access job", extra={key_name: key})
         body = {"status": "unavailable", "reason": "the job could not be stored; retry later"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
     outcome = "queued" if queued else "duplicate"
-    rt.metrics.webhooks.labels(parsed.event, outcome).inc()
-    return JSONResponse({"status": outcome, "folder_id": parsed.folder_id, "event": parsed.event}, status_code=202)
+    rt.metrics.webhooks.labels(event, outcome).inc()
+    return JSONResponse({"status": outcome, key_name: key, "event": event}, status_code=202)
