@@ -162,21 +162,41 @@ async def save_restrictions(conn: AsyncConnection[Any], restrictions: Sequence[R
         )
 
 
-async def save_page_access(conn: AsyncConnection[Any], access: PageAccess) -> None:
-    """Upsert a page's space and path. Any path id without a restriction row gets a not-established one (it
-    denies until read): `cv_page_visible`, the fast form of the rule used by search, relies on every path id
-    having a row. The placeholder is dated -infinity, so any real answer replaces it."""
+async def save_page_access(conn: AsyncConnection[Any], access: PageAccess, *, read_at: datetime | None = None) -> bool:
+    """Upsert a page's space and path, unless a read that started later is already stored; returns whether it
+    was written. `read_at` is when the path's read began (the database clock, `read_started`): a page job and
+    the scheduled sync may read one path concurrently, and the slower writer must not put back the older path.
+
+    Any path id without a restriction row gets a not-established one (it denies until read):
+    `cv_page_visible`, the fast form of the rule used by search, relies on every path id having a row. The
+    placeholder is dated -infinity, so any real answer replaces it."""
     await conn.execute(
         """INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
            SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity' ON CONFLICT (content_id) DO NOTHING""",
         (list(distinct_path(access.path)),),
     )
-    await conn.execute(
-        """INSERT INTO cv_page_access (page_id, space_key, path, updated_at) VALUES (%s, %s, %s, now())
+    cur = await conn.execute(
+        """INSERT INTO cv_page_access (page_id, space_key, path, updated_at)
+           VALUES (%s, %s, %s, COALESCE(%s, now()))
            ON CONFLICT (page_id) DO UPDATE SET space_key = EXCLUDED.space_key, path = EXCLUDED.path,
-               updated_at = now()""",
-        (access.page_id, access.space_key, list(distinct_path(access.path))),
+               updated_at = EXCLUDED.updated_at
+           WHERE cv_page_access.updated_at <= EXCLUDED.updated_at
+           RETURNING 1""",
+        (access.page_id, access.space_key, list(distinct_path(access.path)), read_at),
     )
+    return await cur.fetchone() is not None
+
+
+async def read_started(conn: AsyncConnection[Any]) -> datetime:
+    """The database clock now, taken before reading access from Confluence: the `checked_at` of what the
+    read returns. Stamping a path with the time its read began (not the time it is written) is what lets
+    `save_page_access` order two concurrent readers correctly: the scheduled sync that read a path before a
+    move, and wrote after the move's page job, must lose. The database's clock, as `_rewrite_descendant_paths`
+    (`now()`) uses for the same column. (Restriction answers are dated by the permission client, per request.)"""
+    cur = await conn.execute("SELECT clock_timestamp()")
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
 
 
 async def forget_page(conn: AsyncConnection[Any], page_id: str) -> None:

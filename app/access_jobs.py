@@ -11,6 +11,7 @@ scheduled sync (`PERMISSION_SYNC_INTERVAL`) re-reads it.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,12 +25,14 @@ from app.errors import RetryableError
 from app.models import ContentType, Page
 from app.permissions_client import AccessUnavailable, PermissionsClient, restriction_unknown, space_unknown
 from app.queue import MAINTENANCE_QUEUE, task
+from app.retry import Backoff
 from app.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 
 REFRESH_SPACE = "cv:refresh_space_access"
 REFRESH_FOLDER = "cv:refresh_folder_access"
+RECHECK_ACCESS = "cv:recheck_access"
 PERMISSION_SYNC_STATE = "permission_sync"
 #: A stored path element meaning "this page's path was not read in full". Its `cv_restrictions` row is never
 #: established, so the rule (both SQL forms and `access.decide`) denies the page, and every descendant whose
@@ -91,6 +94,8 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
     """
     client = permissions(rt)
     marker = path_unread_marker(page.id)
+    async with rt.pool.connection() as conn:
+        started = await access.read_started(conn)
     try:
         path = await client.path(page.id, page.content_type)
     except (AccessUnavailable, RetryableError) as exc:
@@ -103,11 +108,12 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
             held = [i for i in (previous or [page.id]) if i != marker]
             unread = access.distinct_path([*held, page.id, marker])
             await access.save_restrictions(conn, [restriction_unknown(marker, error)])
-            await access.save_page_access(conn, PageAccess(page.id, page.space_key, unread))
-            await _rewrite_descendant_paths(conn, page.id, unread, page.space_key)
+            if await access.save_page_access(conn, PageAccess(page.id, page.space_key, unread), read_at=started):
+                await _rewrite_descendant_paths(conn, page.id, unread, page.space_key)
         log.warning("page path not established; hidden from everyone", extra={"page_id": page.id, "error": error})
         if isinstance(exc, RetryableError):
-            raise
+            raise  # the page job retries itself
+        await schedule_access_recheck(rt)
         return AccessOutcome(False, error)
 
     errors: list[str] = []
@@ -115,28 +121,30 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
     space_stale, stale = await _stale_parts(rt, page.space_key, path[:-1])
     space_access: SpaceAccess | None = None
     if space_stale:
+        asked = datetime.now(UTC)
         try:
             space_access = await client.space_access(page.space_key)
         except (AccessUnavailable, RetryableError) as exc:
             transient = exc if isinstance(exc, RetryableError) else transient
             errors.append(f"{type(exc).__name__}: {exc}")
-            space_access = space_unknown(page.space_key, errors[-1])
+            space_access = space_unknown(page.space_key, errors[-1], asked)
     restrictions: list[Restriction] = []
     for content_id in [*stale, page.id]:
+        asked = datetime.now(UTC)
         try:
             restrictions.append(await client.restriction(content_id))
         except (AccessUnavailable, RetryableError) as exc:
             transient = exc if isinstance(exc, RetryableError) else transient
             errors.append(f"{type(exc).__name__}: {exc}")
-            restrictions.append(restriction_unknown(content_id, errors[-1]))
+            restrictions.append(restriction_unknown(content_id, errors[-1], asked))
 
     async with rt.pool.connection() as conn, conn.transaction():
         previous = await _stored_path(conn, page.id)
         if space_access is not None:
             await access.save_space(conn, space_access)
         await access.save_restrictions(conn, restrictions)
-        await access.save_page_access(conn, PageAccess(page.id, page.space_key, path))
-        moved = previous is not None and tuple(previous) != path
+        written = await access.save_page_access(conn, PageAccess(page.id, page.space_key, path), read_at=started)
+        moved = written and previous is not None and tuple(previous) != path
         if moved:  # also when the previous path was not read in full: its marker leaves the subtree's paths
             await _rewrite_descendant_paths(conn, page.id, path, page.space_key)
         await conn.execute(
@@ -147,7 +155,9 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
     if errors:
         log.warning("page access not established; hidden from everyone", extra={"page_id": page.id, "error": errors})
     if transient is not None:
-        raise transient
+        raise transient  # the page job retries itself
+    if errors:
+        await schedule_access_recheck(rt)
     return AccessOutcome(not errors, "; ".join(errors) or None, moved)
 
 
@@ -190,10 +200,11 @@ async def _stale_parts(rt: Runtime, space_key: str, ancestor_ids: tuple[str, ...
 
 async def refresh_space(rt: Runtime, space_key: str) -> SpaceAccess:
     """Re-read one space's permissions now; recorded as not established (hiding the space) on failure."""
+    asked = datetime.now(UTC)
     try:
         space = await permissions(rt).space_access(space_key)
     except (AccessUnavailable, RetryableError) as exc:
-        space = space_unknown(space_key, f"{type(exc).__name__}: {exc}")
+        space = space_unknown(space_key, f"{type(exc).__name__}: {exc}", asked)
     async with rt.pool.connection() as conn, conn.transaction():
         await access.save_space(conn, space)
     return space
@@ -204,10 +215,11 @@ async def refresh_restrictions(rt: Runtime, content_ids: list[str]) -> list[Rest
     client = permissions(rt)
     found: list[Restriction] = []
     for content_id in content_ids:
+        asked = datetime.now(UTC)
         try:
             found.append(await client.restriction(content_id))
         except (AccessUnavailable, RetryableError) as exc:
-            found.append(restriction_unknown(content_id, f"{type(exc).__name__}: {exc}"))
+            found.append(restriction_unknown(content_id, f"{type(exc).__name__}: {exc}", asked))
     async with rt.pool.connection() as conn, conn.transaction():
         await access.save_restrictions(conn, found)
     return found
@@ -281,21 +293,29 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
             (PERMISSION_SYNC_STATE,),
         )
     log.info("permission sync", extra={"spaces": report.spaces, "restrictions": report.restrictions})
+    if report.not_established:
+        await schedule_access_recheck(rt)
     return report
 
 
-async def _recheck_paths(rt: Runtime, limit: int) -> int:
-    """Re-read the path (and so the access) of up to `limit` indexed pages, most doubtful first."""
+async def _recheck_paths(rt: Runtime, limit: int, *, doubtful_only: bool = False) -> int:
+    """Re-read the path (and so the access) of up to `limit` indexed pages, most doubtful first: paths not
+    read in full, then paths naming content not established, then (unless `doubtful_only`) the least
+    recently read."""
     async with rt.pool.connection() as conn:
         cur = await conn.execute(
             """SELECT a.page_id, a.space_key, p.content_type FROM cv_page_access AS a
                LEFT JOIN cv_pages AS p ON p.page_id = a.page_id
+               WHERE NOT %(doubtful_only)s
+                  OR EXISTS (SELECT 1 FROM unnest(a.path) AS u(id) WHERE starts_with(u.id, %(prefix)s))
+                  OR EXISTS (SELECT 1 FROM cv_restrictions AS r
+                             WHERE r.content_id = ANY (a.path) AND r.restricted IS NULL)
                ORDER BY EXISTS (SELECT 1 FROM unnest(a.path) AS u(id) WHERE starts_with(u.id, %(prefix)s)) DESC,
                         EXISTS (SELECT 1 FROM cv_restrictions AS r
                                 WHERE r.content_id = ANY (a.path) AND r.restricted IS NULL) DESC,
                         a.updated_at, a.page_id
                LIMIT %(limit)s""",
-            {"prefix": PATH_UNREAD_PREFIX, "limit": limit},
+            {"prefix": PATH_UNREAD_PREFIX, "limit": limit, "doubtful_only": doubtful_only},
         )
         keys = [
             PageKey(str(r[0]), str(r[1]), "blogpost" if r[2] == "blogpost" else "page") for r in await cur.fetchall()
@@ -384,14 +404,112 @@ async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
 @task(name="refresh_folder_access", queue=MAINTENANCE_QUEUE)
 async def refresh_folder_access_job(folder_id: str) -> dict[str, Any]:
     """A folder moved or its restriction changed: its pages' access follows (`refresh_folder`)."""
-    return {"folder_id": folder_id, "path_read": await refresh_folder(current(), folder_id)}
+    rt = current()
+    path_read = await refresh_folder(rt, folder_id)
+    if not path_read:
+        await schedule_access_recheck(rt)
+    return {"folder_id": folder_id, "path_read": path_read}
 
 
 @task(name="refresh_space_access", queue=MAINTENANCE_QUEUE)
 async def refresh_space_access_job(space_key: str) -> dict[str, Any]:
     """A space permission event: re-read that space now. Its pages follow through `cv_space_access`."""
-    space = await refresh_space(current(), space_key)
+    rt = current()
+    space = await refresh_space(rt, space_key)
+    if space.principals is None:
+        await schedule_access_recheck(rt)
     return {"space_key": space_key, "established": space.principals is not None}
+
+
+#: Set while a re-check runs: what it fails to read again is its own follow-up's business (with a longer
+#: backoff), not a fresh first attempt.
+_RECHECKING: ContextVar[bool] = ContextVar("cv_access_rechecking", default=False)
+
+
+def recheck_delay(rt: Runtime, attempt: int) -> float | None:
+    """Seconds until re-check `attempt` (1-based), or None once `JOB_MAX_ATTEMPTS` re-checks have run: the
+    scheduled sync takes over from there (and starts a new series if it still cannot read). Full-jitter
+    backoff from RETRY_BASE_SECONDS, capped at RETRY_MAX_SECONDS and at PERMISSION_SYNC_INTERVAL (a re-check
+    later than the next sync would be pointless)."""
+    if attempt > rt.settings.job_max_attempts:
+        return None
+    cap = min(rt.settings.retry_max_seconds, float(rt.settings.permission_sync_interval))
+    return max(Backoff(base=rt.settings.retry_base_seconds, cap=cap).delay(attempt), 0.05)
+
+
+async def schedule_access_recheck(rt: Runtime, attempt: int = 1) -> bool:
+    """Queue a re-read of what is recorded as not established, after a backoff (`recheck_delay`).
+
+    Why: fail-closed hides a page from everyone while its access cannot be read (a 403 or an outage on the
+    permission APIs). Waiting for the next scheduled sync (PERMISSION_SYNC_INTERVAL, 15 minutes by default)
+    would leave pages missing from every search long after Confluence answers again. Coalesced: at most one
+    re-check waits. Returns whether one was queued."""
+    if _RECHECKING.get():
+        return False
+    delay = recheck_delay(rt, attempt)
+    if delay is None:
+        log.info("access re-checks exhausted; the scheduled permission sync takes over", extra={"attempt": attempt})
+        return False
+    try:
+        await rt.queue.configure_task(
+            RECHECK_ACCESS,
+            queue=MAINTENANCE_QUEUE,
+            queueing_lock="access-recheck",
+            schedule_in={"seconds": delay},
+        ).defer_async(attempt=attempt)
+    except pexc.AlreadyEnqueued:
+        return False
+    return True
+
+
+async def recheck_not_established(rt: Runtime) -> int:
+    """Re-read every space permission and restriction recorded as not established that an indexed page's
+    access depends on, then the paths not read in full or naming such content (up to PATH_RECHECKS_PER_SYNC);
+    returns how many records are still not established."""
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT s.space_key FROM cv_space_access AS s WHERE s.principals IS NULL
+                 AND EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.space_key = s.space_key)
+               ORDER BY 1"""
+        )
+        spaces = [str(r[0]) for r in await cur.fetchall()]
+        cur = await conn.execute(
+            """SELECT r.content_id FROM cv_restrictions AS r
+               WHERE r.restricted IS NULL AND NOT starts_with(r.content_id, %s)
+                 AND EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.path @> ARRAY[r.content_id])
+               ORDER BY 1""",
+            (PATH_UNREAD_PREFIX,),
+        )
+        contents = [str(r[0]) for r in await cur.fetchall()]
+    for space_key in spaces:
+        await refresh_space(rt, space_key)
+    for start in range(0, len(contents), 100):
+        await refresh_restrictions(rt, contents[start : start + 100])
+    await _recheck_paths(rt, PATH_RECHECKS_PER_SYNC, doubtful_only=True)
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT (SELECT count(*) FROM cv_space_access AS s WHERE s.principals IS NULL
+                         AND EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.space_key = s.space_key))
+                    + (SELECT count(*) FROM cv_restrictions AS r WHERE r.restricted IS NULL
+                         AND EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.path @> ARRAY[r.content_id]))"""
+        )
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+@task(name="recheck_access", queue=MAINTENANCE_QUEUE, lock="permission_sync")
+async def recheck_access_job(attempt: int) -> dict[str, Any]:
+    """Re-read what could not be read (`recheck_not_established`); while anything remains, come back later
+    with a longer backoff. Shares the sync's `lock`: never runs beside it."""
+    rt = current()
+    token = _RECHECKING.set(True)
+    try:
+        remaining = await recheck_not_established(rt)
+    finally:
+        _RECHECKING.reset(token)
+    if remaining:
+        await schedule_access_recheck(rt, attempt + 1)
+    return {"attempt": attempt, "not_established": remaining}
 
 
 @task(

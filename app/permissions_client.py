@@ -318,10 +318,14 @@ class PermissionsClient:
         return groups
 
 
-def restriction_unknown(content_id: str, error: str) -> Restriction:
-    """The record of a restriction we could not read: denies everyone below it."""
-    return Restriction(content_id, None, frozenset(), error, _now())
+def restriction_unknown(content_id: str, error: str, asked: datetime | None = None) -> Restriction:
+    """The record of a restriction we could not read: denies everyone below it.
+
+    `asked`: when the failed request was sent (default now). Like an answer, a failure is dated by its
+    request, so a slow failure (a timeout) never overwrites an answer to a request sent after it."""
+    return Restriction(content_id, None, frozenset(), error, asked or _now())
 
 
-def space_unknown(space_key: str, error: str) -> SpaceAccess:
-    return SpaceAccess(space_key, None, error, _now())
+def space_unknown(space_key: str, error: str, asked: datetime | None = None) -> SpaceAccess:
+    """The record of a space permission we could not read (see `restriction_unknown` for `asked`)."""
+    return SpaceAccess(space_key, None, error, asked or _now())

@@ -213,6 +213,24 @@ def converged(api: Api, wiki: Wiki) -> bool:
     return not mismatches(api, wiki)
 
 
+def wait_converged(api: Api, wiki: Wiki, db_url: str, what: str, timeout: float = 30) -> None:
+    """Wait until every person's search is exact; on a timeout, say who sees what wrongly and why (the
+    access records of the pages involved), so a failure in CI explains itself."""
+    try:
+        wait_until(lambda: converged(api, wiki), timeout=timeout, what=what)
+    except AssertionError as exc:
+        wrong = mismatches(api, wiki)
+        pages = sorted({p for extra, missing in wrong.values() for p in extra | missing})
+        with psycopg.connect(db_url) as conn:
+            states = conn.execute(
+                "SELECT page_id, status, version, last_error FROM cv_pages WHERE page_id = ANY(%s)", (pages,)
+            ).fetchall()
+            restrictions = conn.execute(
+                "SELECT content_id, error FROM cv_restrictions WHERE restricted IS NULL"
+            ).fetchall()
+        raise AssertionError(f"{exc}; mismatches={wrong}; pages={states}; unknown restrictions={restrictions}") from exc
+
+
 def test_every_person_finds_exactly_what_the_rule_allows(service: Service, wiki: Wiki, db_url: str) -> None:
     api, _, _ = service
     assert len(wiki.pages) == 61 and len(wiki.perms.restrictions) == 13
@@ -251,26 +269,26 @@ def test_changes_converge_and_a_refused_api_fails_closed(service: Service, wiki:
     embedded_before = sum(1 for text in ollama.texts if QUERY not in text or "entry" in text)
     wiki.perms.restrict("100", groups=["g-leads"])
     forge_permission_event(api, "100")
-    wait_until(lambda: converged(api, wiki), timeout=30, what="restriction on 100 applied to its subtree")
+    wait_converged(api, wiki, db_url, what="restriction on 100 applied to its subtree")
     assert "111" not in found(api, "p-space")
     assert sum(1 for text in ollama.texts if QUERY not in text or "entry" in text) == embedded_before
 
     # Lifted again (Connect/DC event name and shape).
     wiki.perms.restrict("100")
     assert api.webhook({"event": "content_permissions_updated", "content": {"id": 100}}).status_code == 202
-    wait_until(lambda: converged(api, wiki), timeout=30, what="restriction on 100 lifted")
+    wait_converged(api, wiki, db_url, what="restriction on 100 lifted")
 
     # Group membership changes send no event: they converge within PERMISSION_SYNC_INTERVAL (2 s here).
     wiki.perms.remove_member("g-sre", "p-sre")
     wiki.perms.add_member("g-hr", "p-space")
-    wait_until(lambda: converged(api, wiki), timeout=30, what="membership changes applied")
+    wait_converged(api, wiki, db_url, what="membership changes applied")
     assert "200" not in found(api, "p-sre") and "600" in found(api, "p-space")
 
     # A space permission change re-reads the space.
     wiki.perms.revoke_space("OPS", groups=["g-eng"])
     response = api.webhook({"event": "space_permissions_updated", "space": {"key": "OPS"}})
     assert response.status_code == 202, response.text
-    wait_until(lambda: converged(api, wiki), timeout=30, what="OPS permission revoked")
+    wait_converged(api, wiki, db_url, what="OPS permission revoked")
     assert not any(p.startswith(("4", "5")) for p in found(api, "p-lead"))
 
     # Confluence refuses the restriction API while a page changes: the page is hidden from everyone (it may
@@ -286,7 +304,7 @@ def test_changes_converge_and_a_refused_api_fails_closed(service: Service, wiki:
     with wiki.fake._lock:
         wiki.fake._faults.clear()
     assert api.webhook({"event": "page_updated", "page": {"id": 130}}).status_code == 202
-    wait_until(lambda: converged(api, wiki), timeout=30, what="130 visible again once the API answers")
+    wait_converged(api, wiki, db_url, what="130 visible again once the API answers")
 
 
 @pytest.mark.parametrize("sync_interval", ["3600"])
