@@ -248,7 +248,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         console.print_json(json.dumps(report.__dict__, default=str))
         return
-    table = Table(title=f"confluence-vectors: {report.table} · {report.embed_model}")
+    # The heading is a line of its own: as a Table title it wraps to the (narrow) table's width.
+    console.print(f"[bold]confluence-vectors[/bold]: table {report.table} · {report.embed_model}", soft_wrap=True)
+    table = Table()
     table.add_column("what")
     table.add_column("count", justify="right")
     for name, n in sorted(report.pages.items()):
@@ -402,7 +404,7 @@ def search(
     settings = _settings()
 
     async def run(rt: Any) -> Any:
-        principals = await viewer_principals(rt, as_user)
+        principals = await viewer_principals(rt, as_user, named_by="--as")
         return await do_search(
             rt.pool,
             rt.embedder,
@@ -422,7 +424,7 @@ def search(
 @cli.command()
 def mcp(
     as_person: Annotated[
-        str | None, typer.Option("--as", help="The person searches run for (account id, username or email).")
+        str | None, typer.Option("--as", help="The person searches run for (Cloud account id or Data Center username).")
     ] = None,
 ) -> None:
     """Serve the index to an assistant over MCP on stdin/stdout (desktop assistants start this command)."""

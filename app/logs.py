@@ -39,17 +39,30 @@ class TextFormatter(logging.Formatter):
         return f"{base} {context}" if context else base
 
 
+class _PeopleFormatter(TextFormatter):
+    """`TextFormatter` with the level in lower case and no logger name: for a terminal, not a log pipeline."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)  # "LEVEL: message {context}"
+        return line.replace(record.levelname, record.levelname.lower(), 1)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", *, for_people: bool = False) -> None:
     """Route every log record to stderr as JSON (or text) at `level`.
 
-    `for_people=True` (the CLI's one-shot commands): only our own `app.*` loggers speak at `level`; libraries
-    (pgserver's start-up chatter, procrastinate, LlamaIndex) and Python warnings only from WARNING up, so a
-    command's own output is not buried in them.
+    `for_people=True` (the CLI's one-shot commands): only our own `app.*` loggers speak at `level`, as short
+    text lines ("info: applied procrastinate's schema ...") whatever LOG_FORMAT says, since a person reads them
+    between the command's own output; libraries (pgserver's start-up chatter, procrastinate, LlamaIndex) and
+    Python warnings only from WARNING up, so that output is not buried in them.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    if for_people:
+        formatter: logging.Formatter = _PeopleFormatter("%(levelname)s: %(message)s")
+    elif fmt == "json":
+        formatter = JsonFormatter()
+    else:
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

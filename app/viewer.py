@@ -32,10 +32,14 @@ class PersonUnavailable(RetryableError):
     """The person's group membership cannot be read from Confluence now."""
 
 
-async def viewer_principals(rt: Runtime, identity: str | None) -> frozenset[str] | None:
+async def viewer_principals(
+    rt: Runtime, identity: str | None, *, named_by: str = f"the {HEADER} header"
+) -> frozenset[str] | None:
     """The principal set to search with; None only when the operator configured SEARCH_SERVICE_IDENTITY as
     `service-account` and the caller named nobody. `identity` (a caller's header, an MCP header, the CLI's
     `--as`) is always a person resolved through Confluence, whatever it says.
+
+    `named_by` is how this caller names a person (the header, the CLI's `--as`), for the refusal's advice.
 
     Raises PersonRequired (no identity), PersonUnknown, PersonUnavailable (Confluence refused or is down:
     we cannot know what they may read, so we answer nothing rather than guess).
@@ -51,7 +55,7 @@ async def viewer_principals(rt: Runtime, identity: str | None) -> frozenset[str]
         named = configured
     if not named:
         raise PersonRequired(
-            f"name the person this search is for in the {HEADER} header (Cloud account id or Data Center "
+            f"name the person this search is for with {named_by} (Cloud account id or Data Center "
             "username), or configure SEARCH_SERVICE_IDENTITY"
         )
     if len(named) > MAX_IDENTITY_CHARS or "\x00" in named:

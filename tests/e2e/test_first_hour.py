@@ -63,6 +63,24 @@ def test_cli_output_is_for_people(env: dict[str, str], tmp_path: Path, db_url: s
     assert "data: DATABASE_URL" in result.stdout
 
 
+def test_first_run_on_a_fresh_embedded_database_prints_no_json_and_a_one_line_heading(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A first `status` migrates a new embedded database: what it logs is short text for a person, not the
+    service's JSON lines, and the heading is one line, not a table title wrapped to the table's width."""
+    fresh = {k: v for k, v in env.items() if k != "DATABASE_URL"} | {
+        "DATA_DIR": str(tmp_path / "fresh"),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        "COLUMNS": "80",
+    }
+    result = cli(["status"], fresh, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.lstrip().startswith("{")], result.stderr
+    heading = result.stdout.splitlines()[0]
+    assert heading.startswith("confluence-vectors: table ") and "bge-m3" in heading, result.stdout
+
+
 def test_status_lists_failures_and_retry_failed_queues_them(env: dict[str, str], tmp_path: Path, db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(

@@ -62,3 +62,12 @@ async def test_a_named_person_wins_over_the_configured_identity(fake: FakeConflu
         assert user_principal("alice") in principals
     configured = await viewer_principals(runtime(fake, "alice"), None)
     assert configured == principals
+
+
+async def test_the_refusal_says_how_this_caller_names_a_person(fake: FakeConfluence) -> None:
+    """The API's refusal names the header; the CLI's names its `--as` option (a terminal user has no header)."""
+    with pytest.raises(PersonRequired, match="X-Confluence-User header"):
+        await viewer_principals(runtime(fake, None), None)
+    with pytest.raises(PersonRequired, match="with --as") as refused:
+        await viewer_principals(runtime(fake, None), None, named_by="--as")
+    assert "header" not in str(refused.value)
