@@ -77,7 +77,12 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
             """SELECT j.id AS job_id, j.args ->> 'page_id' AS page_id, j.attempts, p.last_error,
                       (SELECT max(e.at) FROM procrastinate_events AS e WHERE e.job_id = j.id)::text AS failed_at
                FROM procrastinate_jobs AS j LEFT JOIN cv_pages AS p ON p.page_id = j.args ->> 'page_id'
-               WHERE j.status = 'failed' ORDER BY j.id DESC LIMIT %s""",
+               WHERE j.status = 'failed'
+                 -- a page job's failure stops mattering once its page moved on (indexed, removed, or queued
+                 -- again by a follow-up or `retry-failed`): listing it would show a fixed page as broken
+                 AND NOT (p.status IS NOT NULL AND p.status <> 'failed' AND p.updated_at >= COALESCE(
+                     (SELECT max(e.at) FROM procrastinate_events AS e WHERE e.job_id = j.id), '-infinity'))
+               ORDER BY j.id DESC LIMIT %s""",
             (limit,),
         )
         failed_jobs = list(await cur.fetchall())

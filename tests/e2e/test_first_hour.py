@@ -88,7 +88,18 @@ def test_status_lists_failures_and_retry_failed_queues_them(env: dict[str, str],
                ('501', 'Broken page', 'failed', 'ConfluenceAuthError: refused', 12, '2026-03-02 08:00:00+00'),
                ('502', 'Fine page', 'indexed', NULL, 0, now())"""
         )
+        # The page's last job, failed for good (as the worker leaves it), an hour after the page's record.
+        job = conn.execute(
+            """INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, attempts)
+               VALUES ('pages', 'cv:index_page', '{"page_id": "501"}', 'failed', 1) RETURNING id"""
+        ).fetchone()
+        assert job is not None
+        conn.execute(
+            "INSERT INTO procrastinate_events (job_id, type, at) VALUES (%s, 'failed', '2026-03-02 07:00:00+00')",
+            (job[0],),
+        )
     shown = cli(["status"], env | {"COLUMNS": "200"}, tmp_path)
+    assert "Failed jobs" in shown.stdout, shown.stdout
     assert shown.returncode == 0, shown.stderr
     failed = next(line for line in shown.stdout.splitlines() if "501" in line)
     assert "Broken page" in failed and "12" in failed and "2026-03-02 08:00:00" in failed
@@ -106,6 +117,9 @@ def test_status_lists_failures_and_retry_failed_queues_them(env: dict[str, str],
             "SELECT count(*) FROM procrastinate_jobs WHERE args ->> 'page_id' = '501' AND status = 'todo'"
         ).fetchone()
         assert jobs == (1,)
+    # The failed job is history now: the page was queued again after it failed.
+    after = cli(["status", "--json"], env, tmp_path)
+    assert json.loads(after.stdout)["failed_jobs"] == [], after.stdout
     assert "No failed pages." in cli(["retry-failed"], env, tmp_path).stdout
 
 
