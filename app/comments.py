@@ -6,17 +6,26 @@ Resolved (and dangling: the anchor text is gone) inline comments are left out: t
 advice usually no longer applies. Sources:
 
 - Cloud REST v2 "Comment": `GET /pages/{id}/footer-comments` and `/pages/{id}/inline-comments` (also under
-  `/blogposts/{id}/`), `body-format=storage`, cursor pagination through `_links.next`; an inline comment has
-  `resolutionStatus` (open, reopened, resolved, dangling) and `properties.inlineOriginalSelection`; authors
-  and dates are on `version` (`authorId`, `createdAt`).
+  `/blogposts/{id}/`) return the *root* comments only; replies come from `GET /footer-comments/{comment-id}/
+  children` and `/inline-comments/{comment-id}/children` (one list per comment, and a reply can have replies),
+  each with `parentCommentId`. `body-format=storage`, cursor pagination through `_links.next`; an inline
+  comment has `resolutionStatus` (open, reopened, resolved, dangling) and `properties.inlineOriginalSelection`;
+  authors and dates are on `version` (`authorId`, `createdAt`). One comment, with its container (`pageId` or
+  `blogPostId`): `GET /footer-comments/{comment-id}`, `/inline-comments/{comment-id}`.
 - Data Center REST "Content - children and descendants": `GET /rest/api/content/{id}/child/comment` with
   `expand=body.storage,version,history,extensions.inlineProperties,extensions.resolution` and `depth=all`
   (replies included); `extensions.location` is `inline` or `footer`, `extensions.resolution.status` is
-  `open`/`resolved`/`reopened`, `extensions.inlineProperties.originalSelection` the anchored text.
+  `open`/`resolved`/`reopened`, `extensions.inlineProperties.originalSelection` the anchored text. One comment,
+  with the page or blog post it is on: `GET /rest/api/content/{id}?expand=container` ("Content - Get content
+  by ID"; `container` is the comment's page).
+
+A reply belongs to its thread: it is indexed while the thread is (a reply under a resolved inline comment is
+left out with it) and carries the passage the thread is anchored to.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -27,11 +36,16 @@ from app.config import Settings
 from app.confluence import ConfluenceClient
 from app.convert import storage_to_markdown, user_refs
 from app.convert_macros import escape_line_starts, quote
+from app.errors import PageNotFound
 from app.models import Comment, Page
 from app.subdocuments import subdocument_nodes
 
 _OPEN = {"open", "reopened", ""}
 _PAGE_SIZE = "100"  # v2 comment lists: limit 1-250 (default 25); v1 child lists: at most 100 per answer
+#: Reply levels followed below a root comment. Each level costs one call per comment of the level above (v2 has
+#: no "replies included" list); Confluence's own UI nests replies a few levels deep, and a cycle in a broken
+#: answer must not loop.
+MAX_REPLY_DEPTH = 16
 
 
 async def fetch_comments(client: ConfluenceClient, page: Page) -> list[Comment]:
@@ -43,9 +57,8 @@ async def fetch_comments(client: ConfluenceClient, page: Page) -> list[Comment]:
     if client.is_cloud:
         collection = "blogposts" if page.content_type == "blogpost" else "pages"
         for kind in ("footer", "inline"):
-            path = f"{collection}/{page.id}/{kind}-comments"
-            async for data in client.paginate("v2", path, {"body-format": "storage", "limit": _PAGE_SIZE}):
-                comments += [parse_cloud_comment(item, kind) for item in _results(data)]
+            roots = await _cloud_list(client, f"{collection}/{page.id}/{kind}-comments", kind)
+            comments += roots + await _cloud_replies(client, roots, kind)
         authors = await client.resolve_users(c.author for c in comments if c.author)
         return [_named(c, authors) for c in comments]
     params = {
@@ -56,6 +69,75 @@ async def fetch_comments(client: ConfluenceClient, page: Page) -> list[Comment]:
     async for data in client.paginate("v1", f"content/{page.id}/child/comment", params):
         comments += [parse_dc_comment(item) for item in _results(data)]
     return comments
+
+
+async def _cloud_list(client: ConfluenceClient, path: str, kind: str) -> list[Comment]:
+    """Every comment of one v2 list (root comments of a page, or one comment's replies), all pages of it."""
+    found: list[Comment] = []
+    async for data in client.paginate("v2", path, {"body-format": "storage", "limit": _PAGE_SIZE}):
+        found += [parse_cloud_comment(item, kind) for item in _results(data)]
+    return found
+
+
+async def _cloud_replies(client: ConfluenceClient, roots: Sequence[Comment], kind: str) -> list[Comment]:
+    """The replies below `roots`, level by level (each level's lists fetched together; the client's
+    concurrency gate bounds them), in thread order. Replies inherit their thread's anchored passage and,
+    for inline threads, its resolution: Cloud marks the root comment resolved, the thread is what closes."""
+    replies: list[Comment] = []
+    seen = {c.id for c in roots}
+    level = list(roots)
+    for _ in range(MAX_REPLY_DEPTH):
+        if not level:
+            break
+        lists = await asyncio.gather(*(_cloud_list(client, f"{kind}-comments/{c.id}/children", kind) for c in level))
+        below: list[Comment] = []
+        for parent, children in zip(level, lists, strict=True):
+            for child in children:
+                if child.id and child.id not in seen:
+                    seen.add(child.id)
+                    below.append(_in_thread(child, parent))
+        replies += below
+        level = below
+    return replies
+
+
+def _in_thread(reply: Comment, parent: Comment) -> Comment:
+    return Comment(**{
+        **_fields(reply),
+        "parent_id": reply.parent_id or parent.id,
+        "highlighted": reply.highlighted or parent.highlighted,
+        "resolved": reply.resolved or parent.resolved,
+    })  # fmt: skip
+
+
+async def comment_container(client: ConfluenceClient, comment_id: str) -> tuple[str, str] | None:
+    """The (content id, "page" | "blogpost") a comment is on, or None when Confluence shows no such comment
+    (removed, or never visible to us). For webhooks that name only the comment.
+
+    Data Center: `GET /rest/api/content/{id}?expand=container`. Cloud: `GET /footer-comments/{id}`, then
+    `/inline-comments/{id}` (v2 has no kind-free comment read), `pageId` or `blogPostId`; a comment on an
+    attachment or custom content has neither and gives None. Raises the client's errors
+    (ConfluenceUnavailable, ConfluenceAuthError...) other than not-found."""
+    if client.is_cloud:
+        for kind in ("footer", "inline"):
+            try:
+                data = await client.get_json("v2", f"{kind}-comments/{comment_id}")
+            except PageNotFound:
+                continue
+            for key, content_type in (("pageId", "page"), ("blogPostId", "blogpost")):
+                if _text(data.get(key)):
+                    return str(data[key]).strip(), content_type
+            return None
+        return None
+    try:
+        data = await client.get_json("v1", f"content/{comment_id}", {"expand": "container"})
+    except PageNotFound:
+        return None
+    container = _object(data.get("container"))
+    kind = str(container.get("type") or "")
+    if kind in ("page", "blogpost") and _text(container.get("id")):
+        return str(container["id"]).strip(), kind
+    return None
 
 
 def parse_cloud_comment(item: Mapping[str, Any], kind: str) -> Comment:
@@ -119,7 +201,7 @@ def nodes_for_comment(page: Page, settings: Settings, comment: Comment, users: M
     if comment.kind == "inline" and comment.highlighted:
         blocks.append(quote([escape_line_starts(" ".join(comment.highlighted.split()))]))
     blocks.append(body)
-    label = "Inline comment" if comment.kind == "inline" else "Comment"
+    label = "Reply" if comment.parent_id else "Inline comment" if comment.kind == "inline" else "Comment"
     author = comment.author or "unknown author"
     when = f" on {comment.created.date().isoformat()}" if comment.created else ""
     metadata: dict[str, Any] = {

@@ -27,6 +27,7 @@ KINDS = {
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "application/vnd.ms-excel": "xls",
     "text/csv": "csv",
     "text/plain": "text",
     "text/markdown": "markdown",
@@ -39,11 +40,22 @@ EXTENSIONS = {
     ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
     ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
     ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".xls": "application/vnd.ms-excel",
+    ".doc": "application/msword",
+    ".ppt": "application/vnd.ms-powerpoint",
     ".csv": "text/csv",
     ".txt": "text/plain",
     ".md": "text/markdown",
     ".json": "application/json",
 }
+#: Word and PowerPoint 97-2003 binary files: no maintained pure-Python reader exists (the peers shell out to
+#: antiword/catdoc or LibreOffice), so they are skipped with a reason that says what to do. Excel's .xls is
+#: read (xlrd, `xls.py`).
+LEGACY = {
+    "application/msword": "Word 97-2003 (.doc): convert to .docx",
+    "application/vnd.ms-powerpoint": "PowerPoint 97-2003 (.ppt): convert to .pptx",
+}
+LEGACY_REASON = "legacy binary format"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +79,8 @@ async def extract(data: bytes, media_type: str, *, max_chars: int, timeout: floa
     """Run the extractor for `media_type` on `data` in a child process. Never raises for a bad file."""
     kind = KINDS.get(media_type)
     if kind is None:
+        if media_type in LEGACY:
+            return Extraction(None, LEGACY_REASON, LEGACY[media_type])
         return Extraction(None, "unsupported type", media_type)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app.attachments.extract", kind, str(max_chars), str(memory_mb),
@@ -111,6 +125,10 @@ def run(kind: str, data: bytes, max_chars: int) -> str:
         from app.attachments import xlsx
 
         markdown = xlsx.to_markdown(data, max_chars)
+    elif kind == "xls":
+        from app.attachments import xls
+
+        markdown = xls.to_markdown(data, max_chars)
     elif kind == "csv":
         markdown = text.to_markdown(data, max_chars, csv_rows=True)
     elif kind == "json":

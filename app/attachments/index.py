@@ -26,7 +26,7 @@ from llama_index.core.schema import TextNode
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from app.attachments.extract import Extraction, extract, media_type_of
+from app.attachments.extract import LEGACY, LEGACY_REASON, Extraction, extract, media_type_of
 from app.config import Settings
 from app.confluence import ConfluenceClient, DownloadTooLarge
 from app.models import Attachment, Page
@@ -134,6 +134,8 @@ async def _read(client: ConfluenceClient, settings: Settings, attachment: Attach
     media_type = media_type_of(attachment.media_type, attachment.title)
     taken = {t.lower() for t in settings.attachment_media_types}
     cap = settings.attachment_max_bytes
+    if media_type in LEGACY:  # said before "unsupported type": the reason tells the owner what to do
+        return Record(attachment, media_type, "skipped", LEGACY_REASON, LEGACY[media_type]), 0
     if media_type not in taken:
         return Record(attachment, media_type, "skipped", "unsupported type", media_type), 0
     if attachment.size is not None and attachment.size > cap:

@@ -10,20 +10,17 @@ them. Hidden sheets are left out (policy, as for slides) and counted in a note.
 from __future__ import annotations
 
 import io
-import re
 import zipfile
-from datetime import date, datetime, time
 from typing import Any
 
 from lxml import etree
 from openpyxl import load_workbook
 from openpyxl.utils.exceptions import InvalidFileException
 
+from app.attachments.cells import show
 from app.attachments.docx import is_encrypted_ooxml
 from app.attachments.errors import Corrupt, Encrypted
 from app.attachments.markdown import table
-
-_ZERO_PAD = re.compile(r"^0+$")
 
 
 def to_markdown(data: bytes, max_chars: int) -> str:
@@ -64,25 +61,5 @@ def to_markdown(data: bytes, max_chars: int) -> str:
 
 
 def _show(cell: Any) -> str:
-    """A cell's value as the sheet shows it (the parts of the number format that change meaning)."""
-    value = getattr(cell, "value", None)
-    if value is None:
-        return ""
-    fmt = str(getattr(cell, "number_format", "General") or "General")
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ", timespec="minutes") if value.time() != time() else value.date().isoformat()
-    if isinstance(value, (date, time)):
-        return value.isoformat()
-    if isinstance(value, (int, float)):
-        if fmt.endswith("%"):
-            decimals = len(fmt.split(".")[1].rstrip("%")) if "." in fmt else 0
-            return f"{value * 100:.{decimals}f}%"
-        if _ZERO_PAD.match(fmt) and float(value).is_integer():
-            return str(int(value)).zfill(len(fmt))
-        if "$" in fmt or "€" in fmt or "£" in fmt:
-            symbol = next(s for s in "$€£" if s in fmt)
-            return f"{symbol}{value:,.2f}"
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    return str(value)
+    """A cell's value as the sheet shows it (`app.attachments.cells`)."""
+    return show(getattr(cell, "value", None), str(getattr(cell, "number_format", "General") or "General"))

@@ -152,10 +152,12 @@ def test_unreadable_files_are_skipped_with_reasons_and_the_page_indexed(
     content.add_attachment("3002", "broken.docx", DOCX, b"PK\x03\x04 this is not a zip archive at all")
     content.add_attachment("3002", "scan.pdf", PDF, files.scanned_pdf())
     content.add_attachment("3002", "tool.exe", "application/x-msdownload", b"MZ\x90\x00")
+    ole2_magic = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # how every Word 97-2003 file begins
+    content.add_attachment("3002", "minutes.doc", "application/msword", ole2_magic)
     content.add_attachment("3002", "fine.txt", "text/plain", b"The walrus protocol is documented here.")
     api.webhook({"event": "page_created", "page": {"id": "3002"}})
     wait_until(lambda: "walrus" in json.dumps(db.rows("3002")), what="page and readable file indexed")
-    wait_until(lambda: len(status(api)["skipped_attachments"]) == 5, what="skips visible in status")
+    wait_until(lambda: len(status(api)["skipped_attachments"]) == 6, what="skips visible in status")
     reasons = {row["file_name"]: row["reason"] for row in status(api)["skipped_attachments"]}
     assert reasons == {
         "huge.txt": "too large",
@@ -163,6 +165,7 @@ def test_unreadable_files_are_skipped_with_reasons_and_the_page_indexed(
         "broken.docx": "corrupt",
         "scan.pdf": "no text layer",
         "tool.exe": "unsupported type",
+        "minutes.doc": "legacy binary format",
     }
     assert db.state("3002")["status"] == "indexed"  # type: ignore[index]
     assert "Files for the audit" in json.dumps(db.rows("3002"))

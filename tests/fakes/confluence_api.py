@@ -397,6 +397,11 @@ def _v1_expand(fake: FakeConfluence, request: Request) -> dict[str, frozenset[st
 
 
 def v1_get(fake: FakeConfluence, request: Request) -> JSON:
+    from tests.fakes.confluence_content import v1_comment  # a comment is content too (`expand=container`)
+
+    expand = {e for raw in request.query_params.getlist("expand") for e in raw.split(",")}
+    if (comment := v1_comment(fake, _path_id(request), expand)) is not None:
+        return comment
     item = fake._get(_path_id(request), _statuses(request, ("current",)))
     if item.type not in ("page", "blogpost"):
         raise _HttpError(404, f"No content found with id: {item.id}")

@@ -1,11 +1,18 @@
 """Comments and attachments for the fake Confluence (`tests.fakes.confluence`), shaped like the real APIs.
 
-Cloud REST v2: `GET /api/v2/{pages|blogposts}/{id}/footer-comments` and `/inline-comments` (`body-format`
-decides whether `body.storage` is present; inline comments carry `resolutionStatus` and
-`properties.inlineOriginalSelection`), `GET /api/v2/{pages|blogposts}/{id}/attachments` (`mediaType`,
+Cloud REST v2: `GET /api/v2/{pages|blogposts}/{id}/footer-comments` and `/inline-comments`, the root
+comments only (`body-format` decides whether `body.storage` is present; inline comments carry
+`resolutionStatus` and `properties.inlineOriginalSelection`); replies through
+`GET /api/v2/footer-comments/{comment-id}/children` and `/inline-comments/{comment-id}/children` ("Returns the
+children footer/inline comments of specific comment": `ChildrenCommentModel` and `InlineCommentChildrenModel`,
+each with `parentCommentId`; `cursor`, `limit` 1-250, `body-format`); one comment by
+`GET /api/v2/footer-comments/{comment-id}` or `/inline-comments/{comment-id}` (with `pageId` or
+`blogPostId`: the container); `GET /api/v2/{pages|blogposts}/{id}/attachments` (`mediaType`,
 `fileSize`, `version`, `downloadLink`; current attachments only). Data Center REST v1:
 `GET /rest/api/content/{id}/child/comment` (expansions `body.storage`, `version`, `history`,
-`extensions.inlineProperties`, `extensions.resolution`; footer/inline in `extensions.location`) and
+`extensions.inlineProperties`, `extensions.resolution`; footer/inline in `extensions.location`; replies only
+with `depth=all`), a comment through `GET /rest/api/content/{comment-id}` (`expand=container`: the page or
+blog post it is on; 404 once it is removed) and
 `GET /rest/api/content/{id}/child/attachment` (`metadata.mediaType`, `extensions.fileSize`,
 `_links.download` relative to the base). Both serve the bytes at `/download/attachments/{page}/{file}`.
 Lists are cursor- (Cloud) or start- (DC) paginated like every other list of the fake.
@@ -45,6 +52,7 @@ class FakeComment:
     resolution: str = "open"  # inline: open | reopened | resolved | dangling
     selection: str | None = None  # inline: the page text the comment is anchored to
     status: str = "current"
+    parent_id: str | None = None  # a reply's parent comment (same page, same kind)
 
 
 @dataclass
@@ -79,6 +87,15 @@ class ContentStore:
         comment_id = str(next(self._ids))
         self.comments[comment_id] = FakeComment(comment_id, page_id, kind, body, author_id, resolution=resolution,
                                                 selection=selection)  # fmt: skip
+        return comment_id
+
+    def add_reply(self, parent_id: str, body: str, *, author_id: str = "comment-author") -> str:
+        """A reply to comment `parent_id` (or to a reply): on the same page, of the same kind. Replies to an
+        inline comment carry its resolution status, as the thread they belong to."""
+        parent = self.comments[parent_id]
+        comment_id = str(next(self._ids))
+        self.comments[comment_id] = FakeComment(comment_id, parent.page_id, parent.kind, body, author_id,
+                                                resolution=parent.resolution, parent_id=parent_id)  # fmt: skip
         return comment_id
 
     def edit_comment(self, comment_id: str, body: str) -> None:
@@ -129,7 +146,12 @@ def routes(fake: FakeConfluence) -> list[Route]:
             *(f"/api/v2/{c}/{{id}}/{kind}-comments" for c in ("pages", "blogposts") for kind in ("footer", "inline")),
             *(f"/api/v2/{c}/{{id}}/attachments" for c in ("pages", "blogposts")),
         ]
-        return [Route(p + path, _json(fake, _v2), methods=["GET"]) for path in table] + [download]
+        comments = [
+            Route(p + f"/api/v2/{kind}-comments/{{id}}{tail}", _comment_json(fake, kind, render), methods=["GET"])
+            for kind in ("footer", "inline")
+            for tail, render in (("/children", _v2_children), ("", _v2_one_comment))
+        ]
+        return [Route(p + path, _json(fake, _v2), methods=["GET"]) for path in table] + comments + [download]
     return [
         Route(p + "/rest/api/content/{id}/child/comment", _json(fake, _dc_comments), methods=["GET"]),
         Route(p + "/rest/api/content/{id}/child/attachment", _json(fake, _dc_attachments), methods=["GET"]),
@@ -146,6 +168,51 @@ def _json(fake: FakeConfluence, render: Any) -> Any:
             return JSONResponse(render(fake, request, page_id))
 
     return endpoint
+
+
+def _comment_json(fake: FakeConfluence, kind: str, render: Any) -> Any:
+    """A v2 endpoint of one comment: 404 unless `{id}` is a current comment of that kind (a footer comment's
+    id under `/inline-comments/` is not found, as on Cloud)."""
+
+    async def endpoint(request: Request) -> Response:
+        with fake._lock:
+            comment = content_of(fake).comments.get(str(request.path_params["id"]))
+            if comment is None or comment.kind != kind or comment.status != "current":
+                message = f"No {kind} comment with id {request.path_params['id']}"
+                return JSONResponse({"errors": [{"status": 404, "title": message}]}, status_code=404)
+            return JSONResponse(render(fake, request, comment))
+
+    return endpoint
+
+
+def _v2_children(fake: FakeConfluence, request: Request, parent: FakeComment) -> JSON:
+    with_body = request.query_params.get("body-format") == "storage"
+    replies = [c for c in content_of(fake).comments.values() if c.parent_id == parent.id and c.status == "current"]
+    items = [_v2_comment(c, with_body) for c in replies]
+    chunk, next_link = page_slice(fake, request, items, maximum=V2_MAX_LIMIT)
+    return _body(fake, chunk, next_link, request)
+
+
+def _v2_one_comment(fake: FakeConfluence, request: Request, comment: FakeComment) -> JSON:
+    container = fake._get(comment.page_id, ("current", "archived", "trashed", "draft"))
+    item = _v2_comment(comment, request.query_params.get("body-format") == "storage")
+    item.pop("pageId")
+    item["blogPostId" if container.type == "blogpost" else "pageId"] = comment.page_id
+    return item
+
+
+def v1_comment(fake: FakeConfluence, comment_id: str, expand: set[str]) -> JSON | None:
+    """`GET /rest/api/content/{id}` when `id` is a current comment (None otherwise: the content route goes on
+    with pages); `container` (the page or blog post) when expanded. Called by the fake's content route."""
+    comment = content_of(fake).comments.get(comment_id)
+    if comment is None or comment.status != "current":
+        return None
+    item: JSON = {"id": comment.id, "type": "comment", "status": "current", "title": f"Re: {comment.page_id}"}
+    if "container" in expand:
+        page = fake._get(comment.page_id, ("current", "archived", "trashed", "draft"))
+        item["container"] = {"id": page.id, "type": page.type, "status": page.status, "title": page.title}
+    item["_links"] = {"base": fake.base_url, "context": fake.prefix, "self": f"/rest/api/content/{comment.id}"}
+    return item
 
 
 def _body(fake: FakeConfluence, results: list[JSON], next_link: str | None, request: Request) -> JSON:
@@ -167,7 +234,7 @@ def _v2(fake: FakeConfluence, request: Request, page_id: str) -> JSON:
         items = [_v2_attachment(fake, a) for a in files]
     else:
         kind = "inline" if path.endswith("/inline-comments") else "footer"
-        items = [_v2_comment(c, with_body) for c in comments if c.kind == kind]
+        items = [_v2_comment(c, with_body) for c in comments if c.kind == kind and c.parent_id is None]
     chunk, next_link = page_slice(fake, request, items, maximum=V2_MAX_LIMIT)
     return _body(fake, chunk, next_link, request)
 
@@ -179,6 +246,7 @@ def _v2_comment(c: FakeComment, with_body: bool) -> JSON:
         "title": f"Re: {c.page_id}",
         "pageId": c.page_id,
         "version": {"number": c.version, "authorId": c.author_id, "createdAt": c.created.isoformat()},
+        **({"parentCommentId": c.parent_id} if c.parent_id is not None else {}),
         "body": {"storage": {"value": c.body, "representation": "storage"}} if with_body else {},
         "_links": {"webui": f"/spaces/X/pages/{c.page_id}?focusedCommentId={c.id}"},
     }
@@ -209,6 +277,8 @@ def _v2_attachment(fake: FakeConfluence, a: FakeAttachment) -> JSON:
 def _dc_comments(fake: FakeConfluence, request: Request, page_id: str) -> JSON:
     comments, _ = content_of(fake).of_page(page_id)
     expand = {e for raw in request.query_params.getlist("expand") for e in raw.split(",")}
+    if request.query_params.get("depth") != "all":  # `depth=all` adds the replies to the root comments
+        comments = [c for c in comments if c.parent_id is None]
     items = []
     for c in comments:
         item: JSON = {"id": c.id, "type": "comment", "status": "current", "title": f"Re: {c.page_id}"}

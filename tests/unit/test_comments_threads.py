@@ -1,0 +1,87 @@
+"""Comment threads against the fake Confluence over real HTTP (issue 11 gaps): Cloud replies come from
+`/{footer|inline}-comments/{id}/children`, cursor-paginated, nested; a reply follows its thread (resolved
+inline threads stay out, the anchored passage is carried); and a comment named alone (a webhook without its
+page) resolves to the page it is on, or to None once it is gone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app.comments import comment_container, fetch_comments, indexed, nodes_for_comment
+from app.confluence import ConfluenceClient
+from app.models import Comment, Page
+from tests import conftest
+from tests.fakes.confluence import FakeConfluence
+from tests.fakes.confluence_content import content_of
+
+
+@pytest.fixture(params=["cloud", "datacenter"])
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeConfluence]:
+    with FakeConfluence(request.param) as server:
+        server.add_space("ENG", "Engineering")
+        server.add_user("acc-1", "Ada Lovelace")
+        server.max_limit = 2  # every list of more than two comments is paginated
+        yield server
+
+
+def client_of(fake: FakeConfluence) -> ConfluenceClient:
+    settings = conftest.make_settings(
+        confluence_base_url=fake.base_url, confluence_deployment=fake.deployment, **fake.credentials
+    )
+    return ConfluenceClient(settings)
+
+
+async def page_comments(fake: FakeConfluence, page_id: str) -> list[Comment]:
+    async with client_of(fake) as client:
+        page = await client.get_page(page_id)
+        return await fetch_comments(client, page)
+
+
+async def test_replies_nested_and_paginated_are_fetched_with_their_thread(fake: FakeConfluence) -> None:
+    fake.put_page("501", title="Design", body="<p>Cache for ten minutes.</p>", space_key="ENG")
+    content = content_of(fake)
+    root = content.add_comment("501", "<p>Why ten?</p>", author_id="acc-1")
+    replies = [content.add_reply(root, f"<p>Reply {n} says marmot {n}.</p>") for n in range(3)]
+    nested = content.add_reply(replies[1], "<p>Nested pangolin answer.</p>")
+    inline = content.add_comment("501", "<p>Unit?</p>", kind="inline", selection="ten minutes")
+    inline_reply = content.add_reply(inline, "<p>Seconds, says the narwhal.</p>")
+    closed = content.add_comment("501", "<p>Typo.</p>", kind="inline", selection="Cache", resolution="resolved")
+    closed_reply = content.add_reply(closed, "<p>Fixed, the okapi says.</p>")
+
+    comments = await page_comments(fake, "501")
+    by_id = {c.id: c for c in comments}
+    if fake.deployment == "datacenter":  # `depth=all` lists replies with the roots (no thread fields asked)
+        assert set(by_id) == {root, *replies, nested, inline, inline_reply, closed, closed_reply}
+        return
+    assert set(by_id) == {root, *replies, nested, inline, inline_reply, closed, closed_reply}
+    assert [by_id[r].parent_id for r in replies] == [root] * 3 and by_id[nested].parent_id == replies[1]
+    assert by_id[inline_reply].kind == "inline" and by_id[inline_reply].highlighted == "ten minutes"
+    assert by_id[closed_reply].resolved, "a reply in a resolved inline thread is closed with it"
+    assert {c.id for c in indexed(comments)} == {root, *replies, nested, inline, inline_reply}
+    assert fake.count("/children") >= 1 + 3 + 1 + 1, "one children list per comment, replies included"
+
+    settings = conftest.make_settings()
+    page = await _page(fake, "501")
+    reply_nodes = nodes_for_comment(page, settings, by_id[inline_reply], {})
+    assert reply_nodes and reply_nodes[0].metadata["header_path"].startswith("Design > Reply by")
+    assert "ten minutes" in reply_nodes[0].text and "narwhal" in reply_nodes[0].text
+
+
+async def _page(fake: FakeConfluence, page_id: str) -> Page:
+    async with client_of(fake) as client:
+        return await client.get_page(page_id)
+
+
+async def test_a_comment_named_alone_resolves_to_its_page_or_to_none_when_gone(fake: FakeConfluence) -> None:
+    fake.put_page("502", title="Runbook", body="<p>Restart the pump.</p>", space_key="ENG")
+    content = content_of(fake)
+    footer = content.add_comment("502", "<p>Which pump?</p>")
+    inline = content.add_comment("502", "<p>Pump two.</p>", kind="inline", selection="the pump")
+    async with client_of(fake) as client:
+        assert await comment_container(client, footer) == ("502", "page")
+        assert await comment_container(client, inline) == ("502", "page")
+        content.remove_comment(footer)
+        assert await comment_container(client, footer) is None
+        assert await comment_container(client, "999999999") is None
