@@ -14,11 +14,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import httpx
 from cachetools import TTLCache
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.stop import stop_base
 
 from app.config import Deployment, Settings
 from app.confluence_parse import (
@@ -134,11 +136,24 @@ class DownloadTooLarge(Exception):
 
 
 class _Transient(Exception):
-    """One failed attempt that may succeed if repeated (internal to the retry loop)."""
+    """One failed attempt that may succeed if repeated (internal to `ConfluenceClient._with_retries`)."""
 
     def __init__(self, status: int, retry_after: float | None, detail: str) -> None:
         super().__init__(detail)
         self.status, self.retry_after, self.detail = status, retry_after, detail
+
+
+class _RetryAfterBeyond(stop_base):
+    """tenacity stop rule: a `Retry-After` longer than `cap` seconds is not slept through; the error goes up
+    with that delay, so the job queue, not a worker slot, does the waiting."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        return isinstance(failure, _Transient) and failure.retry_after is not None and failure.retry_after > self.cap
 
 
 def _batches(items: Sequence[str], size: int, budget: int = QUERY_BUDGET, per_item: int = 3) -> Iterable[Sequence[str]]:
@@ -385,19 +400,8 @@ class ConfluenceClient:
         if _origin(url) != self._origin:
             raise ConfluenceProtocolError(f"refusing to download off the configured origin {self._origin}")
         path = urlsplit(url).path
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._download_once(url, path, max_bytes)
-            except _Transient as failure:
-                too_long = failure.retry_after is not None and failure.retry_after > self._backoff.cap
-                if attempt > self._max_retries or too_long:
-                    raise ConfluenceUnavailable(
-                        f"Confluence {failure.detail} for GET {path} (after {attempt} attempts)",
-                        retry_after=failure.retry_after,
-                    ) from failure.__cause__
-                await self._wait(attempt, failure, path)
+        result: bytes = await self._with_retries(path, self._download_once, url, path, max_bytes)
+        return result
 
     async def _download_once(self, url: str, path: str, max_bytes: int) -> bytes:
         if self._http.auth is None:
@@ -667,29 +671,45 @@ class ConfluenceClient:
                 f"a response pointed at {_origin(url)}"
             )
         path = urlsplit(url).path
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._attempt(url, params, path, top_level_array=top_level_array)
-            except _Transient as failure:
-                too_long = failure.retry_after is not None and failure.retry_after > self._backoff.cap
-                if attempt > self._max_retries or too_long:
-                    raise ConfluenceUnavailable(
-                        f"Confluence {failure.detail} for GET {path} (after {attempt} attempts)",
-                        retry_after=failure.retry_after,
-                    ) from failure.__cause__
-                await self._wait(attempt, failure, path)
+        return await self._with_retries(path, self._attempt, url, params, path, top_level_array=top_level_array)
 
-    async def _wait(self, attempt: int, failure: _Transient, path: str) -> None:
-        wait = self._backoff.delay(attempt, failure.retry_after)
-        log.warning(
-            "confluence request failed; retrying",
-            extra={"event": "confluence_retry", "status": failure.status, "wait": wait, "path": path},
+    async def _with_retries(self, path: str, call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """`await call(*args, **kwargs)` (a coroutine function, as tenacity requires), repeated with tenacity
+        while it fails transiently (`_Transient`: timeout, unreachable, 429, 5xx): at most
+        CONFLUENCE_MAX_RETRIES retries, each after `self._backoff` (full jitter, or the server's `Retry-After`),
+        each logged and counted (`on_retry`). A `Retry-After` longer than the backoff cap ends the retries at
+        once. When they end, ConfluenceUnavailable (carrying the last `Retry-After`) is raised, chained to the
+        transport error if there was one; any other error goes up at once, unretried.
+        """
+
+        def exhausted(state: RetryCallState) -> NoReturn:
+            failure = state.outcome.exception() if state.outcome is not None else None
+            assert isinstance(failure, _Transient)
+            raise ConfluenceUnavailable(
+                f"Confluence {failure.detail} for GET {path} (after {state.attempt_number} attempts)",
+                retry_after=failure.retry_after,
+            ) from failure.__cause__
+
+        def retrying(state: RetryCallState) -> None:
+            failure = state.outcome.exception() if state.outcome is not None else None
+            assert isinstance(failure, _Transient) and state.next_action is not None
+            wait = state.next_action.sleep
+            log.warning(
+                "confluence request failed; retrying",
+                extra={"event": "confluence_retry", "status": failure.status, "wait": wait, "path": path},
+            )
+            if self._on_retry is not None:
+                self._on_retry(failure.status, wait)
+
+        policy = AsyncRetrying(
+            retry=retry_if_exception_type(_Transient),
+            stop=stop_after_attempt(self._max_retries + 1) | _RetryAfterBeyond(self._backoff.cap),
+            wait=self._backoff,
+            sleep=self._sleep,
+            before_sleep=retrying,
+            retry_error_callback=exhausted,  # raises ConfluenceUnavailable: never tenacity's RetryError
         )
-        if self._on_retry is not None:
-            self._on_retry(failure.status, wait)
-        await self._sleep(wait)
+        return await policy(call, *args, **kwargs)
 
     async def _attempt(self, url: str, params: Params | None, path: str, *, top_level_array: bool = False) -> Any:
         if self._http.auth is None:

@@ -8,18 +8,17 @@ our error tree (retryable vs permanent) and a fallback for servers that predate 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import Field, PrivateAttr, model_validator
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.errors import (
     EmbeddingDimensionMismatch,
     EmbeddingInputTooLong,
@@ -33,6 +32,16 @@ from app.retry import Backoff, parse_retry_after
 log = logging.getLogger(__name__)
 
 Vector = list[float]
+
+
+def _log_retry(state: RetryCallState) -> None:
+    """tenacity `before_sleep`: one warning per retry, naming the failure and the attempt that failed."""
+    failure = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "embedding request failed, retrying: %s",
+        failure,
+        extra={"event": "embed_retry", "attempt": state.attempt_number},
+    )
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -102,8 +111,6 @@ class OllamaBgeM3Embedding(BaseEmbedding):
         service. Invalid settings leave the class defaults (the script passes what it needs explicitly)."""
         if not isinstance(data, dict):
             return data
-        from app.config import get_settings
-
         try:
             settings = get_settings()
         except Exception:  # pydantic ValidationError: a bad unrelated setting must not break a query script
@@ -306,27 +313,33 @@ class OllamaBgeM3Embedding(BaseEmbedding):
             f"set EMBED_DIM={size} (and rebuild the index) or use a {self.dimension}-dimensional model"
         )
 
-    def _step(
-        self, attempt: int, outcome: httpx.Response | httpx.TransportError, backoff: Backoff
-    ) -> httpx.Response | float:
-        """The retry rule both transports share: the response to read, or seconds to wait before the next try.
-        Refused, timeouts, 429 and 5xx (Ollama's 503 "server busy") may pass; after `max_retries` the queue
-        takes over, so a job never blocks its worker for long."""
+    def _retryable(self, outcome: httpx.Response | httpx.TransportError) -> httpx.Response:
+        """The retry rule both transports share: the response to read, or EmbeddingUnavailable for what may
+        pass if repeated: refused, timeouts, 429 and 5xx (Ollama's 503 "server busy"), with the server's
+        `Retry-After` when it sent one. Any other status is the caller's to read."""
         if isinstance(outcome, httpx.Response):
             if outcome.status_code < 500 and outcome.status_code != 429:
                 return outcome
-            error = EmbeddingUnavailable(
+            raise EmbeddingUnavailable(
                 f"Ollama at {self.base_url} answered {outcome.status_code}: {_error_text(outcome)}",
                 retry_after=parse_retry_after(outcome.headers.get("retry-after")),
             )
-        else:
-            error = EmbeddingUnavailable(
-                f"Ollama at {self.base_url} is unreachable: {type(outcome).__name__}: {outcome}"
-            )
-        if attempt > self.max_retries:
-            raise error from (outcome if isinstance(outcome, Exception) else None)
-        log.warning("embedding request failed, retrying: %s", error, extra={"event": "embed_retry", "attempt": attempt})
-        return backoff.delay(attempt, error.retry_after)
+        raise EmbeddingUnavailable(
+            f"Ollama at {self.base_url} is unreachable: {type(outcome).__name__}: {outcome}"
+        ) from outcome
+
+    def _retry_policy(self) -> dict[str, Any]:
+        """tenacity's arguments for both transports: at most `max_retries` retries of an EmbeddingUnavailable
+        (`_retryable`), each after full-jitter backoff or the server's `Retry-After` (capped at `backoff_cap`),
+        each logged; then the last EmbeddingUnavailable itself goes up (`reraise`) and the queue takes over,
+        so a job never blocks its worker for long."""
+        return {
+            "retry": retry_if_exception_type(EmbeddingUnavailable),
+            "stop": stop_after_attempt(self.max_retries + 1),
+            "wait": Backoff(base=self.backoff_base, cap=self.backoff_cap),
+            "before_sleep": _log_retry,
+            "reraise": True,
+        }
 
     def _timeouts(self) -> httpx.Timeout:
         """A dead host should fail in seconds; a big batch on a CPU may legitimately take `timeout`."""
@@ -342,18 +355,18 @@ class OllamaBgeM3Embedding(BaseEmbedding):
         return self._aclient
 
     async def _arequest(self, method: str, path: str, payload: dict[str, Any] | None) -> httpx.Response:
-        backoff = Backoff(base=self.backoff_base, cap=self.backoff_cap)
-        for attempt in itertools.count(1):
-            outcome: httpx.Response | httpx.TransportError
-            try:
-                outcome = await self._async_client().request(method, path, json=payload)
-            except httpx.TransportError as exc:
-                outcome = exc
-            step = self._step(attempt, outcome, backoff)
-            if isinstance(step, httpx.Response):
-                return step
-            await asyncio.sleep(step)
-        raise AssertionError("unreachable")  # pragma: no cover
+        response: httpx.Response = await AsyncRetrying(**self._retry_policy())(
+            self._arequest_once, method, path, payload
+        )
+        return response
+
+    async def _arequest_once(self, method: str, path: str, payload: dict[str, Any] | None) -> httpx.Response:
+        outcome: httpx.Response | httpx.TransportError
+        try:
+            outcome = await self._async_client().request(method, path, json=payload)
+        except httpx.TransportError as exc:
+            outcome = exc
+        return self._retryable(outcome)
 
     async def _aembed_batch(self, batch: list[str]) -> list[Vector]:
         vectors = self._read_embed(await self._arequest("POST", "/api/embed", self._payload(batch)), batch)
@@ -380,15 +393,14 @@ class OllamaBgeM3Embedding(BaseEmbedding):
     def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> httpx.Response:
         if self._client is None:
             self._client = httpx.Client(base_url=self.base_url, timeout=self._timeouts())
-        backoff = Backoff(base=self.backoff_base, cap=self.backoff_cap)
-        for attempt in itertools.count(1):
-            outcome: httpx.Response | httpx.TransportError
-            try:
-                outcome = self._client.request(method, path, json=payload)
-            except httpx.TransportError as exc:
-                outcome = exc
-            step = self._step(attempt, outcome, backoff)
-            if isinstance(step, httpx.Response):
-                return step
-            time.sleep(step)
-        raise AssertionError("unreachable")  # pragma: no cover
+        response: httpx.Response = Retrying(**self._retry_policy())(self._request_once, method, path, payload)
+        return response
+
+    def _request_once(self, method: str, path: str, payload: dict[str, Any] | None) -> httpx.Response:
+        assert self._client is not None  # opened by `_request`
+        outcome: httpx.Response | httpx.TransportError
+        try:
+            outcome = self._client.request(method, path, json=payload)
+        except httpx.TransportError as exc:
+            outcome = exc
+        return self._retryable(outcome)

@@ -1,36 +1,67 @@
 """The one backoff policy: exponential with full jitter, capped, and `Retry-After` honoured when given.
 
-Used by the Confluence client and the embedder for in-call retries, and by the queue for job retries, so every
-wait in the service follows the same rule (AWS "Exponential Backoff and Jitter", full-jitter variant).
+`Backoff` IS a tenacity wait strategy: tenacity's `wait_random_exponential(multiplier=base, max=cap)`, the
+"Full Jitter" algorithm of the AWS Architecture Blog's "Exponential Backoff and Jitter" (a wait drawn from
+uniform(0, min(cap, base * 2**(attempt-1)))), with three additions tenacity's own class lacks:
+
+* a server's `Retry-After` (RFC 9110 section 10.2.3), carried by the failure as its `retry_after` seconds
+  (`app.errors.RetryableError`, the Confluence client's transient failure), wins over the jitter, capped;
+* a `floor`, so a retry never comes back instantly;
+* its own `random.Random`, which tests seed to replay the exact waits (tenacity draws from the module-level
+  `random`).
+
+The in-call retry loops (the Confluence client, the embedder, the database retries of a failing page job,
+the worker's restarts) pass it to tenacity as `wait=`. The queue's job-level delays are not loops, they are
+one number each (the follow-up job's `scheduled_at`: `app.queue.plan_retry`, `app.access_jobs.recheck_delay`),
+so those call `delay(attempt, retry_after)` directly: the same rule either way.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from tenacity import RetryCallState
+from tenacity.wait import wait_exponential, wait_random_exponential
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """How long to wait before attempt `attempt + 1`, given that `attempt` attempts (1-based) have failed."""
+class Backoff(wait_random_exponential):
+    """How long to wait before attempt `attempt + 1`, given that `attempt` attempts (1-based) have failed.
 
-    base: float = 1.0
-    cap: float = 60.0
-    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    `base` and `cap` and `floor` are seconds. As a tenacity `wait=`, the attempt number is tenacity's and the
+    `Retry-After` is read from the failed attempt's exception (`retry_after` attribute, seconds, or absent).
+    """
+
+    def __init__(
+        self, base: float = 1.0, cap: float = 60.0, *, floor: float = 0.0, rng: random.Random | None = None
+    ) -> None:
+        super().__init__(multiplier=base, max=cap)
+        self.base, self.cap, self.floor = base, cap, floor
+        self.rng = rng or random.Random()
 
     def ceiling(self, attempt: int) -> float:
-        """The upper bound of the jittered wait after `attempt` failures: base * 2**(attempt-1), capped."""
-        exponent = max(0, attempt - 1)
-        if exponent > 60:  # 2**60 overflows any sane cap; avoid huge floats
-            return self.cap
-        return float(min(self.cap, self.base * (2**exponent)))
+        """The upper bound of the jittered wait after `attempt` failures: base * 2**(attempt-1), capped
+        (tenacity's `wait_exponential`, overflow handled there)."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # only attempt_number is read
+        state.attempt_number = max(1, attempt)
+        return float(wait_exponential.__call__(self, state))
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep. A server's `Retry-After` wins (capped), else uniform(0, ceiling)."""
+        """Seconds to sleep. A server's `Retry-After` wins (capped), else uniform(0, ceiling); at least `floor`."""
         if retry_after is not None and retry_after >= 0:
-            return float(min(retry_after, self.cap))
-        return self.rng.uniform(0.0, self.ceiling(attempt))
+            wait = float(min(retry_after, self.cap))
+        else:
+            wait = self.rng.uniform(0.0, self.ceiling(attempt))
+        return max(self.floor, wait)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        """tenacity's hook: the wait after the attempt `retry_state` just failed."""
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None and outcome.failed else None
+        retry_after = getattr(failure, "retry_after", None)
+        seconds = float(retry_after) if isinstance(retry_after, int | float) else None
+        return self.delay(retry_state.attempt_number, seconds)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -41,9 +72,6 @@ def parse_retry_after(value: str | None) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        from datetime import datetime
-        from email.utils import parsedate_to_datetime
-
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):

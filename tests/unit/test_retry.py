@@ -96,3 +96,52 @@ def test_every_queue_built_in_a_process_registers_the_same_task_names() -> None:
     assert names[0] == names[1] == names[2]
     assert {INDEX_PAGE, RECONCILE, "cv:tick", "cv:permission_sync", "cv:refresh_space_access"} <= names[0]
     assert not any(name.startswith("cv:cv:") for name in names[0])
+
+
+def test_backoff_is_tenacitys_full_jitter_wait() -> None:
+    """`Backoff` is tenacity's `wait_random_exponential` (same window per attempt), so the loops that pass it
+    as `wait=` and the job-level delays follow one rule."""
+    from tenacity import RetryCallState
+    from tenacity.wait import wait_random_exponential
+
+    backoff = Backoff(base=0.5, cap=20.0)
+    assert isinstance(backoff, wait_random_exponential)
+    reference = wait_random_exponential(multiplier=0.5, max=20.0)
+    for attempt in range(1, 80):
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        assert backoff.ceiling(attempt) == min(reference.max, 0.5 * 2 ** (attempt - 1))
+        assert 0.0 <= backoff(state) <= backoff.ceiling(attempt)
+
+
+def test_backoff_as_a_tenacity_wait_honours_retry_after_and_reraises() -> None:
+    """As a tenacity `wait=`: a failure's `retry_after` wins (capped), jitter otherwise, `floor` respected;
+    with `reraise=True` the last failure itself reaches the caller, not tenacity's RetryError."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+
+    waits: list[float] = []
+    failures = iter([ConfluenceUnavailable("429", retry_after=3.0), ConfluenceUnavailable("429", retry_after=500.0)])
+    policy = Retrying(
+        retry=retry_if_exception_type(ConfluenceUnavailable),
+        stop=stop_after_attempt(4),
+        wait=Backoff(base=1.0, cap=30.0, floor=0.25, rng=random.Random(1)),
+        sleep=waits.append,
+        reraise=True,
+    )
+
+    def call() -> None:
+        raise next(failures, EmbeddingUnavailable("down"))
+
+    with pytest.raises(EmbeddingUnavailable):  # not retried: a different type, raised as itself
+        policy(call)
+    assert waits == [3.0, 30.0]
+    waits.clear()
+    with pytest.raises(ConfluenceUnavailable):
+        Retrying(
+            retry=retry_if_exception_type(ConfluenceUnavailable),
+            stop=stop_after_attempt(3),
+            wait=Backoff(base=0.001, cap=0.002, floor=0.25),
+            sleep=waits.append,
+            reraise=True,
+        )(lambda: (_ for _ in ()).throw(ConfluenceUnavailable("503")))
+    assert waits == [0.25, 0.25]
