@@ -31,6 +31,8 @@ from datetime import datetime
 from typing import Any
 
 from llama_index.core.schema import TextNode
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
 from app.confluence import ConfluenceClient
@@ -138,6 +140,22 @@ async def comment_container(client: ConfluenceClient, comment_id: str) -> tuple[
     if kind in ("page", "blogpost") and _text(container.get("id")):
         return str(container["id"]).strip(), kind
     return None
+
+
+async def indexed_comment_page(pool: AsyncConnectionPool, table: str, comment_id: str) -> tuple[str, str] | None:
+    """The (page id, content type) whose rows in `table` (the physical vector table, `data_<name>`) hold
+    comment `comment_id`, or None. For a comment Confluence no longer shows (removed): its page's next job
+    drops its rows. A scan of `metadata_` (no index on `comment_id`): only an id-only comment webhook whose
+    comment is gone pays it."""
+    query = sql.SQL(
+        "SELECT metadata_ ->> 'page_id', metadata_ ->> 'content_type' FROM {t}"
+        " WHERE metadata_ ->> 'comment_id' = %s LIMIT 1"
+    ).format(t=sql.Identifier(table))
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query, (comment_id,))).fetchone()
+    if row is None or not row[0]:
+        return None
+    return str(row[0]), "blogpost" if row[1] == "blogpost" else "page"
 
 
 def parse_cloud_comment(item: Mapping[str, Any], kind: str) -> Comment:

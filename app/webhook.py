@@ -3,10 +3,13 @@
 Confluence sends three shapes (see the corpus): Data Center `{"event", "page": {"id": 123}}`; Cloud REST hooks
 without any `event` and `page.id` as a string (the event is in our URL's `event` query parameter, one hook per
 event); Cloud Connect with `page.id` as a number. We only need the page id: the worker fetches the truth.
+The one read made here: a comment event that names only its comment is resolved to its page first
+(`_comment_page`), because jobs are keyed by page.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -79,6 +82,15 @@ class PageEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class CommentEvent:
+    """A comment event that names the comment but not its page (Data Center sends `{"comment": {"id": 1}}`):
+    the page is looked up before the job is stored (`_comment_page`)."""
+
+    event: str
+    comment_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ignored:
     event: str
     reason: str
@@ -94,7 +106,9 @@ def normalise_event(name: str) -> str:
     return name
 
 
-def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermissionEvent | FolderEvent | Ignored:
+def parse_event(
+    body: bytes, event_param: str | None
+) -> PageEvent | SpacePermissionEvent | FolderEvent | CommentEvent | Ignored:
     """Read a webhook body. Raises WebhookRejected (400 not JSON, 422 no usable page id)."""
     try:
         payload = json.loads(body)
@@ -150,10 +164,11 @@ def parse_event(body: bytes, event_param: str | None) -> PageEvent | SpacePermis
     raise WebhookRejected("no page: expected a `page` (or `blogpost`) object with an `id`", status_code=422)
 
 
-def _container_event(event: str, payload: dict[str, Any]) -> PageEvent | Ignored:
+def _container_event(event: str, payload: dict[str, Any]) -> PageEvent | CommentEvent | Ignored:
     """A comment or attachment event as an event of the page (or blog post) it belongs to: Cloud and Data
-    Center put that page in the child's `parent`/`container` (or beside it as `page`); one without it is
-    acknowledged and left to the page's next job."""
+    Center put that page in the child's `parent`/`container` (or beside it as `page`). A comment event
+    naming only its comment becomes a CommentEvent (its page is looked up); an attachment event without its
+    page is acknowledged and left to the page's next job."""
     found = [payload.get(key) for key in _CHILD_KEYS]
     holders: list[dict[str, Any]] = [
         c for item in found for c in (item if isinstance(item, list) else [item]) if isinstance(c, dict)
@@ -167,6 +182,10 @@ def _container_event(event: str, payload: dict[str, Any]) -> PageEvent | Ignored
                     continue
                 name = event or ("comment_updated" if "comment" in payload else "attachment_updated")
                 return PageEvent(name, _page_id(content), "blogpost" if kind in ("blogpost", "blog") else "page")
+    comment = payload.get("comment")
+    named = isinstance(comment, dict) and comment.get("id", comment.get("idAsString")) is not None
+    if isinstance(comment, dict) and named and (event.startswith("comment_") or not event):
+        return CommentEvent(event or "comment_updated", _page_id(comment))
     return Ignored(event or "comment", "no page named for this comment or attachment")
 
 
@@ -277,6 +296,11 @@ async def confluence_webhook(request: Request) -> JSONResponse:
     if isinstance(parsed, Ignored):
         metrics.webhook(parsed.event, "ignored")
         return JSONResponse({"status": "ignored", "reason": parsed.reason}, status_code=200)
+    if isinstance(parsed, CommentEvent):
+        resolved = await _comment_page(rt, parsed)
+        if isinstance(resolved, JSONResponse):
+            return resolved
+        parsed = resolved
 
     url_event = normalise_event(event) if event else None  # part of the dedupe key (app.deliveries)
     delivery = Delivery(
@@ -298,6 +322,38 @@ async def confluence_webhook(request: Request) -> JSONResponse:
     if outcome == "duplicate":
         return JSONResponse({"status": "duplicate", "page_id": parsed.page_id}, status_code=200)
     return JSONResponse({"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202)
+
+
+#: Seconds a webhook waits for Confluence to name a comment's page (retries included) before answering 503.
+_RESOLVE_TIMEOUT = 10.0
+
+
+async def _comment_page(rt: Any, parsed: CommentEvent) -> PageEvent | JSONResponse:
+    """The page a comment-only event is about: Confluence's answer (`app.comments.comment_container`), else
+    the page whose rows hold the comment (a removed comment: that page's job drops its rows). Neither: a 202
+    "unresolved", logged — nothing of the comment is indexed, so nothing can go stale. Confluence unreachable
+    or slow: 503 with Retry-After, never a 202 for work not stored. Why here and not in a job: the job queue
+    is keyed by page, and this lookup is one read for a rare shape of event."""
+    from app.comments import comment_container, indexed_comment_page
+
+    try:
+        found = await asyncio.wait_for(comment_container(rt.confluence, parsed.comment_id), _RESOLVE_TIMEOUT)
+        if found is None:
+            found = await indexed_comment_page(rt.pool, rt.settings.physical_table, parsed.comment_id)
+    except Exception as exc:
+        rt.metrics.webhook(parsed.event, "unavailable")
+        log.warning("cannot look up a comment's page", extra={"comment_id": parsed.comment_id, "error": repr(exc)})
+        body = {"status": "unavailable", "reason": "the comment's page could not be looked up; retry later"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    if found is None:
+        rt.metrics.webhook(parsed.event, "unresolved")
+        log.warning(
+            "cannot resolve comment's page: Confluence shows no such comment and no indexed page holds it",
+            extra={"comment_id": parsed.comment_id, "event": parsed.event},
+        )
+        reason = "cannot resolve: no visible page holds this comment, and none of its text is indexed"
+        return JSONResponse({"status": "unresolved", "comment_id": parsed.comment_id, "reason": reason}, 202)
+    return PageEvent(parsed.event, found[0], found[1])
 
 
 async def _space_permission_event(rt: Any, parsed: SpacePermissionEvent) -> JSONResponse:
