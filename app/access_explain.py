@@ -9,7 +9,6 @@ from typing import Any
 
 from app import access
 from app.access import Decision, PageAccess, Restriction
-from app.access_jobs import permissions
 from app.errors import ConfluenceVectorsError
 from app.runtime import Runtime
 
@@ -34,7 +33,7 @@ async def explain(rt: Runtime, person: str, page_id: str) -> Explanation:
     Raises the permission client's errors (UnknownPerson, AccessUnavailable) when Confluence cannot say who
     the person is; a live part that cannot be read is reported as `unknown` with its error.
     """
-    client = permissions(rt)
+    client = rt.permissions
     who = await client.person(person, fresh=True)
     stored_access, stored_space, stored_restrictions = await access.load(rt.pool, page_id)
     stored = access.decide(who.principals, stored_access, stored_space, stored_restrictions)
@@ -50,7 +49,7 @@ async def explain(rt: Runtime, person: str, page_id: str) -> Explanation:
 
 
 async def _live(rt: Runtime, principals: frozenset[str], page_id: str, stored: PageAccess | None) -> Decision:
-    client = permissions(rt)
+    client = rt.permissions
     try:
         page = await rt.confluence.get_page(page_id, None)
         path = await client.path(page.id, page.content_type)

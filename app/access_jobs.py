@@ -14,19 +14,20 @@ import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from procrastinate import JobContext
 from procrastinate import exceptions as pexc
 
 from app import access
 from app.access import PageAccess, Restriction, SpaceAccess
 from app.errors import RetryableError
 from app.models import ContentType, Page
-from app.permissions_client import AccessUnavailable, PermissionsClient, restriction_unknown, space_unknown
+from app.permissions_client import AccessUnavailable, restriction_unknown, space_unknown
 from app.queue import MAINTENANCE_QUEUE, task
 from app.retry import Backoff
-from app.runtime import Runtime, current
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,6 @@ PATH_RECHECKS_PER_SYNC = 500
 def path_unread_marker(page_id: str) -> str:
     """The path element recording that `page_id`'s path could not be read completely."""
     return f"{PATH_UNREAD_PREFIX}{page_id}"
-
-
-def permissions(rt: Runtime) -> PermissionsClient:
-    """The process's permission client (one per runtime, so its membership cache is shared)."""
-    client = rt.extra.get("permissions")
-    if not isinstance(client, PermissionsClient):
-        client = PermissionsClient(
-            rt.confluence,
-            membership_ttl=float(rt.settings.permission_sync_interval),
-            max_people=rt.settings.permission_people_cache,
-        )
-        rt.extra["permissions"] = client
-    return client
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +80,7 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
     Raises RetryableError after recording the page as not established, so the job is retried; other failures
     are recorded and reported in the outcome (the content is still indexed, and shown once access is known).
     """
-    client = permissions(rt)
+    client = rt.permissions
     marker = path_unread_marker(page.id)
     async with rt.pool.connection() as conn:
         started = await access.read_started(conn)
@@ -202,7 +190,7 @@ async def refresh_space(rt: Runtime, space_key: str) -> SpaceAccess:
     """Re-read one space's permissions now; recorded as not established (hiding the space) on failure."""
     asked = datetime.now(UTC)
     try:
-        space = await permissions(rt).space_access(space_key)
+        space = await rt.permissions.space_access(space_key)
     except (AccessUnavailable, RetryableError) as exc:
         space = space_unknown(space_key, f"{type(exc).__name__}: {exc}", asked)
     async with rt.pool.connection() as conn, conn.transaction():
@@ -212,7 +200,7 @@ async def refresh_space(rt: Runtime, space_key: str) -> SpaceAccess:
 
 async def refresh_restrictions(rt: Runtime, content_ids: list[str]) -> list[Restriction]:
     """Re-read these contents' own restrictions now; each unreadable one is recorded as not established."""
-    client = permissions(rt)
+    client = rt.permissions
     found: list[Restriction] = []
     for content_id in content_ids:
         asked = datetime.now(UTC)
@@ -244,7 +232,7 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
     (a page the service account can no longer read hides its subtree until the subtree's paths are read
     again), then the least recently read, so every path is re-read in turn.
     """
-    permissions(rt).forget_people()
+    rt.permissions.forget_people()
     report = SyncReport()
     async with rt.pool.connection() as conn:  # indexed before access was recorded (an upgrade): adopt them
         cur = await conn.execute(
@@ -367,7 +355,7 @@ async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
     await refresh_restrictions(rt, [folder_id])
     marker = path_unread_marker(folder_id)
     try:
-        path: tuple[str, ...] | None = await permissions(rt).folder_path(folder_id)
+        path: tuple[str, ...] | None = await rt.permissions.folder_path(folder_id)
         error = None
     except (AccessUnavailable, RetryableError) as exc:
         path, error = None, f"{type(exc).__name__}: folder path not read in full: {exc}"
@@ -402,9 +390,8 @@ async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
 
 
 @task(name="refresh_folder_access", queue=MAINTENANCE_QUEUE)
-async def refresh_folder_access_job(folder_id: str) -> dict[str, Any]:
+async def refresh_folder_access_job(rt: Runtime, folder_id: str) -> dict[str, Any]:
     """A folder moved or its restriction changed: its pages' access follows (`refresh_folder`)."""
-    rt = current()
     path_read = await refresh_folder(rt, folder_id)
     if not path_read:
         await schedule_access_recheck(rt)
@@ -412,9 +399,8 @@ async def refresh_folder_access_job(folder_id: str) -> dict[str, Any]:
 
 
 @task(name="refresh_space_access", queue=MAINTENANCE_QUEUE)
-async def refresh_space_access_job(space_key: str) -> dict[str, Any]:
+async def refresh_space_access_job(rt: Runtime, space_key: str) -> dict[str, Any]:
     """A space permission event: re-read that space now. Its pages follow through `cv_space_access`."""
-    rt = current()
     space = await refresh_space(rt, space_key)
     if space.principals is None:
         await schedule_access_recheck(rt)
@@ -498,10 +484,9 @@ async def recheck_not_established(rt: Runtime) -> int:
 
 
 @task(name="recheck_access", queue=MAINTENANCE_QUEUE, lock="permission_sync")
-async def recheck_access_job(attempt: int) -> dict[str, Any]:
+async def recheck_access_job(rt: Runtime, attempt: int) -> dict[str, Any]:
     """Re-read what could not be read (`recheck_not_established`); while anything remains, come back later
     with a longer backoff. Shares the sync's `lock`: never runs beside it."""
-    rt = current()
     token = _RECHECKING.set(True)
     try:
         remaining = await recheck_not_established(rt)
@@ -515,13 +500,11 @@ async def recheck_access_job(attempt: int) -> dict[str, Any]:
 @task(
     name="permission_sync",
     queue=MAINTENANCE_QUEUE,
-    pass_context=True,
     lock="permission_sync",
     periodic={"cron": "* * * * *", "periodic_id": "permission_sync"},
 )
-async def permission_sync_job(context: JobContext, timestamp: int) -> dict[str, Any]:
+async def permission_sync_job(rt: Runtime, timestamp: int) -> dict[str, Any]:
     """Every minute, on one worker: run the permission sync when `PERMISSION_SYNC_INTERVAL` has passed."""
-    rt = current()
     if not await permission_sync_due(rt):
         return {"ran": False}
     report = await sync_permissions(rt)

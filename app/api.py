@@ -20,11 +20,11 @@ from app.api_auth import status_caller
 from app.config import Settings
 from app.gauges import StateGauges
 from app.mcp_server import mount_http as mount_mcp
-from app.queue import run_worker_forever
 from app.routes_access import router as access_router
 from app.routes_search import router as search_router
 from app.runtime import Runtime
 from app.status import status_report, without_page_details
+from app.tasks import run_worker_forever
 from app.webhook import router as webhook_router
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
         app.state.ready_cache = {}
         worker_task: asyncio.Task[None] | None = None
         if worker:
-            worker_task = asyncio.create_task(run_worker_forever(runtime.queue, settings, name="serve-worker"))
+            worker_task = asyncio.create_task(run_worker_forever(runtime, name="serve-worker"))
         try:
             async with mcp_sessions.run():  # the MCP transport's task group (mcp SDK: mounting in another app)
                 yield

@@ -16,6 +16,8 @@ from app.config import Settings, get_settings
 from app.errors import ConfluenceVectorsError
 from app.logs import configure_logging
 
+# The commands import what they use inside their bodies: `--help` and the quick commands start without loading
+# LlamaIndex, FastAPI or the MCP SDK (tests/unit/test_imports.py allows function-level imports here).
 cli = typer.Typer(
     name="confluence-vectors",
     help="Keep a Postgres/pgvector index of a Confluence wiki in sync, live.",
@@ -98,8 +100,8 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Jobs at once (default WORKER_CONCURRENCY).")] = None,
 ) -> None:
     """Run a queue worker only: start more of these, on more machines, to scale out."""
-    from app.queue import run_worker_forever
     from app.runtime import Runtime
+    from app.tasks import run_worker_forever
 
     settings = _settings()
     if concurrency is not None:
@@ -110,7 +112,7 @@ def worker(
         import signal
 
         rt = await Runtime.open(settings)
-        task = asyncio.create_task(run_worker_forever(rt.queue, settings, name="worker"))
+        task = asyncio.create_task(run_worker_forever(rt, name="worker"))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
 from app.errors import DatabaseUnavailable, IndexModelMismatch
+from app.queue_schema import ensure_procrastinate_schema
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,4 @@ async def check_index_model(conn: psycopg.AsyncConnection[Any], table: str, mode
 async def _apply_procrastinate_schema(conn: psycopg.AsyncConnection[Any]) -> None:
     """Procrastinate's schema: applied on first start, migrated on upgrade, refused when it cannot match the
     installed procrastinate (`app.queue_schema`)."""
-    from app.queue_schema import ensure_procrastinate_schema
-
     await ensure_procrastinate_schema(conn)

@@ -1,4 +1,5 @@
-"""The queue's task functions: thin wrappers that find the runtime and call the pipeline.
+"""The queue's page and maintenance tasks: thin functions that take the runtime (`app.tasks` hands the
+worker's over) and call the pipeline.
 
 A page job never ends in a state that freezes its page. On success it clears the page's failure count. On a
 failure it records the error on the page's state row (so `status` shows the last error and the attempt count)
@@ -16,11 +17,14 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from procrastinate import JobContext
+from procrastinate import exceptions as pexc
 from procrastinate.jobs import Job
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from app.deliveries import prune_deliveries
 from app.errors import DatabaseUnavailable, PermanentError, ServiceFault
@@ -38,8 +42,12 @@ from app.queue import (
     task,
 )
 from app.retry import Backoff
-from app.runtime import Runtime, current
+from app.startup import confluence_configured
+from app.sync import reconcile, reconcile_due
 from app.vector_store import FailureRecord
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 RETRY_EVENT = "retry"
 #: Tries to store a failure and its follow-up while Postgres is unreachable, before giving up on this job.
 _STORE_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 class PageJobFailed(Exception):
@@ -55,9 +64,8 @@ class PageJobFailed(Exception):
 
 @task(name="index_page", queue=PAGES_QUEUE, pass_context=True)
 async def index_page_job(
-    context: JobContext, page_id: str, content_type: str | None = None, event: str | None = None
+    rt: Runtime, context: JobContext, page_id: str, content_type: str | None = None, event: str | None = None
 ) -> dict[str, Any]:
-    rt = current()
     job_id = context.job.id
     try:
         outcome = await process_page(rt, page_id, content_type, event)  # type: ignore[arg-type]
@@ -121,33 +129,32 @@ async def _store_failure(
             await defer_pages(conn, [request], not_before=now() + dt.timedelta(seconds=delay))
         return record, delay
 
-    result: tuple[FailureRecord, float | None] = await _with_database_retries(
-        lambda: in_deferral_transaction(rt.pool, work)
-    )
+    result: tuple[FailureRecord, float | None] = await _store_with_retries(rt, work)
     return result
 
 
 async def _defer_follow_up(rt: Runtime, request: PageJobRequest) -> None:
-    await _with_database_retries(lambda: in_deferral_transaction(rt.pool, lambda conn: defer_pages(conn, [request])))
+    await _store_with_retries(rt, lambda conn: defer_pages(conn, [request]))
 
 
-async def _with_database_retries(call: Any) -> Any:
-    backoff = Backoff(base=1.0, cap=10.0)
-    for attempt in range(1, _STORE_ATTEMPTS + 1):
-        try:
-            return await call()
-        except DatabaseUnavailable:
-            if attempt == _STORE_ATTEMPTS:
-                raise
-            await asyncio.sleep(max(0.2, backoff.delay(attempt)))
-    raise AssertionError("unreachable")
+async def _store_with_retries(rt: Runtime, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    """`in_deferral_transaction(rt.pool, work)`, retried (tenacity) while Postgres is unreachable
+    (`DatabaseUnavailable`): at most `_STORE_ATTEMPTS` tries, full-jitter backoff from 1 s capped at 10 s, at
+    least 0.2 s apart; then that DatabaseUnavailable itself goes up."""
+    policy = AsyncRetrying(
+        retry=retry_if_exception_type(DatabaseUnavailable),
+        stop=stop_after_attempt(_STORE_ATTEMPTS),
+        wait=Backoff(base=1.0, cap=10.0, floor=0.2),
+        reraise=True,
+    )
+    result: T = await policy(in_deferral_transaction, rt.pool, work)
+    return result
 
 
-async def hand_back_stalled_page(conn: psycopg.AsyncConnection[Any], job: Job) -> None:
+async def hand_back_stalled_page(rt: Runtime, conn: psycopg.AsyncConnection[Any], job: Job) -> None:
     """A page job whose worker died mid-job (`app.queue.recover_stalled`, in its transaction): the lost attempt
     counts as a failure (a page that kills its worker every time must end `failed`, not loop for ever), and a
     follow-up is deferred at once, joining a waiting job of the page if there is one."""
-    rt = current()
     page_id = str(job.task_kwargs["page_id"])
     kind = job.task_kwargs.get("content_type")
     content_type = kind if isinstance(kind, str) else None
@@ -164,40 +171,35 @@ async def hand_back_stalled_page(conn: psycopg.AsyncConnection[Any], job: Job) -
 
 async def recover_stalled_jobs(rt: Runtime) -> int:
     return await recover_stalled(
-        rt.queue, stalled_after=rt.settings.worker_heartbeat_seconds * 3, hand_back_page=hand_back_stalled_page
+        rt.queue,
+        stalled_after=rt.settings.worker_heartbeat_seconds * 3,
+        hand_back_page=lambda conn, job: hand_back_stalled_page(rt, conn, job),
     )
 
 
-@task(name="tick", queue=MAINTENANCE_QUEUE, pass_context=True, periodic={"cron": "* * * * *", "periodic_id": "tick"})
-async def tick(context: JobContext, timestamp: int) -> None:
+@task(name="tick", queue=MAINTENANCE_QUEUE, periodic={"cron": "* * * * *", "periodic_id": "tick"})
+async def tick(rt: Runtime, timestamp: int) -> None:
     """Every minute, on one worker: recover stalled jobs, prune old deliveries, start reconciliation when due.
 
     Each step is isolated: a failure is logged and the next step still runs (a bad stalled job must not stop
     pruning or reconciliation scheduling); the next tick tries again.
     """
-    rt = current()
     await recover_stalled_jobs(rt)  # never raises
     try:
         await prune_deliveries(rt.pool, window_seconds=rt.settings.dedupe_window_seconds)
     except Exception as exc:
         log.error("tick: pruning deliveries failed", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
-    from app.startup import confluence_configured
-
     # Unconfigured Confluence: start-up said so once; failing a reconciliation every minute would only repeat it.
     if rt.settings.reconcile_interval > 0 and confluence_configured(rt.settings):
         try:
-            from app.sync import reconcile_due
-
             if await reconcile_due(rt):
                 await defer_reconcile(rt)
         except Exception as exc:
             log.error("tick: scheduling reconciliation failed", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
 
 
-async def defer_reconcile(rt: Any) -> bool:
+async def defer_reconcile(rt: Runtime) -> bool:
     """Queue one reconciliation (a second one while one waits is coalesced)."""
-    from procrastinate import exceptions as pexc
-
     try:
         await rt.queue.configure_task(
             RECONCILE, queue=MAINTENANCE_QUEUE, queueing_lock="reconcile", lock="reconcile"
@@ -208,8 +210,6 @@ async def defer_reconcile(rt: Any) -> bool:
 
 
 @task(name="reconcile", queue=MAINTENANCE_QUEUE)
-async def reconcile_job() -> dict[str, int]:
-    from app.sync import reconcile
-
-    report = await reconcile(current())
+async def reconcile_job(rt: Runtime) -> dict[str, int]:
+    report = await reconcile(rt)
     return dataclasses.asdict(report)

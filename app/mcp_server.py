@@ -38,6 +38,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from app import __version__
+from app.api_auth import is_loopback, require_api_token
 from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
 from app.page_text import Chunk, PageText, assemble, slice_text
 from app.runtime import Runtime
@@ -581,8 +582,6 @@ class _RequireApiToken:
         from fastapi.responses import JSONResponse
         from starlette.requests import Request
 
-        from app.api_auth import require_api_token
-
         try:
             await require_api_token(Request(scope, receive))
         except HTTPException as exc:
@@ -603,8 +602,6 @@ def mount_http(
     """
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.routing import Route
-
-    from app.api_auth import is_loopback
 
     server = build_server(runtime)
     # DNS rebinding lets a web page in the user's browser reach a loopback server under the page's own host

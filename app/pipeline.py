@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from llama_index.core.schema import TextNode
 
@@ -26,8 +26,10 @@ from app.convert import storage_to_markdown, user_refs
 from app.errors import ConfluenceAuthError, PageNotFound, ServiceFault
 from app.models import ContentType, Page
 from app.permission_events import CONTENT_PERMISSION_EVENTS
-from app.runtime import Runtime
 from app.vector_store import content_hash, metadata_hash
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,15 @@ through `defer_pages`, the deferral every other event uses, which joins a waitin
 with it (`plan_retry`: exponential backoff with full jitter, `Retry-After` honoured, permanent errors never
 retried); then the failed job simply ends. Jobs of a worker that died mid-job (no heartbeat) are handed back
 the same way, one job at a time (`recover_stalled`).
+
+Tasks are declared here (`task`), by the modules `app.tasks` lists; `app.tasks` builds the procrastinate App
+that registers them and runs the worker, which hands each task the process's `Runtime`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -31,6 +32,7 @@ from procrastinate import exceptions as pexc
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import QUEUEING_LOCK_CONSTRAINT
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from app.config import Settings
 from app.errors import DatabaseUnavailable, PermanentError, RetryableError, ServiceFault
@@ -45,22 +47,31 @@ RECONCILE = "cv:reconcile"
 
 #: Our tasks' names carry this prefix in the jobs table (`cv:index_page`).
 TASK_NAMESPACE = "cv"
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass(frozen=True, slots=True)
-class _TaskSpec:
-    func: Callable[..., Any]
+class TaskSpec:
+    """One task of ours as declared with `task`: the function, procrastinate's options, cron options."""
+
+    func: Callable[..., Awaitable[Any]]
     options: dict[str, Any]
     periodic: dict[str, Any] | None
+    #: The function takes the job's `JobContext` after the runtime: `func(rt, context, **job_args)`.
+    pass_context: bool
 
 
-_TASK_SPECS: list[_TaskSpec] = []
+_TASK_SPECS: list[TaskSpec] = []
 
 
-def task(*, name: str, periodic: dict[str, Any] | None = None, **options: Any) -> Callable[[F], F]:
-    """Declare a task of ours (procrastinate's `task` options, and `periodic` ones for a cron task); every App
-    that `build_queue` makes registers it as `cv:<name>`. The decorated function is returned unchanged.
+def task(
+    *, name: str, periodic: dict[str, Any] | None = None, pass_context: bool = False, **options: Any
+) -> Callable[[F], F]:
+    """Declare a task of ours: `name` (registered as `cv:<name>`), procrastinate's `task` options (queue,
+    lock...), and `periodic` ones for a cron task. The function is an `async def f(rt, **job_args)` (or
+    `f(rt, context, **job_args)` with `pass_context`): `app.tasks.build_queue` registers a wrapper that takes
+    the process's `Runtime` from the job's context. The decorated function is returned unchanged, so it can
+    be called directly with a runtime.
 
     Why not a module-level procrastinate `Blueprint`: `App.add_tasks_from` renames the blueprint's Task objects
     in place, so the second App built in one process (tests, a CLI command beside a worker) registered
@@ -68,22 +79,19 @@ def task(*, name: str, periodic: dict[str, Any] | None = None, **options: Any) -
     """
 
     def declare(func: F) -> F:
-        _TASK_SPECS.append(_TaskSpec(func, {"name": f"{TASK_NAMESPACE}:{name}", **options}, periodic))
+        options["name"] = f"{TASK_NAMESPACE}:{name}"
+        _TASK_SPECS.append(TaskSpec(func, options, periodic, pass_context))
         return func
 
     return declare
 
 
-def _register_tasks(app: procrastinate.App) -> None:
-    for spec in _TASK_SPECS:
-        registered = app.task(**spec.options)(spec.func)
-        if spec.periodic is not None:
-            app.periodic(**spec.periodic)(registered)
+def declared_tasks() -> tuple[TaskSpec, ...]:
+    """Every task declared so far (by the modules imported so far: `app.tasks.TASK_MODULES` lists them)."""
+    return tuple(_TASK_SPECS)
 
 
 EnqueueOutcome = Literal["queued", "coalesced"]
-#: Seconds a stopping worker lets its running jobs finish before cancelling them (they are then re-queued).
-WORKER_DRAIN_SECONDS = 20.0
 #: Tries of a batch deferral that lost a race for a page lock (or a deadlock) to another transaction.
 _DEFER_ATTEMPTS = 5
 T = TypeVar("T")
@@ -112,22 +120,6 @@ def plan_retry(exc: BaseException, *, attempts: int, settings: Settings, rng: Ba
 
 def page_lock(page_id: str) -> str:
     return f"page:{page_id}"
-
-
-def build_queue(database_url: str, settings: Settings) -> procrastinate.App:
-    """A procrastinate App on our database with our tasks registered (import side effects included)."""
-    from app import access_jobs, jobs  # noqa: F401  (their `@task` declarations)
-
-    connector = procrastinate.PsycopgConnector(
-        conninfo=database_url,
-        min_size=1,
-        max_size=max(4, settings.worker_concurrency + 2),
-        timeout=10.0,  # like our own pool: with Postgres down a webhook gets its 503 fast, not after 30 s
-        kwargs={"application_name": "confluence-vectors-queue"},
-    )
-    app = procrastinate.App(connector=connector)
-    _register_tasks(app)
-    return app
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,23 +218,36 @@ async def defer_pages(
 async def in_deferral_transaction(
     pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 ) -> T:
-    """Run `work` (which calls `defer_pages`) in one transaction; retried if another transaction deferred one
-    of its pages between the check and the insert (the retry sees that job and joins it), or if Postgres chose
-    it as a deadlock or serialization victim.
+    """Run `work` (which calls `defer_pages`) in one transaction; retried at once (tenacity, up to
+    `_DEFER_ATTEMPTS` tries) if another transaction deferred one of its pages between the check and the
+    insert (the retry sees that job and joins it), or if Postgres chose it as a deadlock or serialization
+    victim; after the last try that error itself goes up.
 
     Raises DatabaseUnavailable when Postgres cannot be reached.
     """
-    for attempt in range(1, _DEFER_ATTEMPTS + 1):
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                return await work(conn)
-        except (pexc.AlreadyEnqueued, psycopg.errors.TransactionRollback) as exc:
-            if attempt == _DEFER_ATTEMPTS:
-                raise
-            log.info("deferral lost a race; retrying", extra={"error": type(exc).__name__, "attempt": attempt})
-        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-            raise DatabaseUnavailable(f"cannot store the jobs: {exc}") from exc
-    raise AssertionError("unreachable")
+    policy = AsyncRetrying(
+        retry=retry_if_exception_type((pexc.AlreadyEnqueued, psycopg.errors.TransactionRollback)),
+        stop=stop_after_attempt(_DEFER_ATTEMPTS),
+        before_sleep=_log_lost_race,
+        reraise=True,  # the last AlreadyEnqueued / TransactionRollback itself, not tenacity's RetryError
+    )
+    result: T = await policy(_in_transaction, pool, work)
+    return result
+
+
+async def _in_transaction(pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            return await work(conn)
+    except psycopg.errors.TransactionRollback:
+        raise  # a deadlock or serialization victim (an OperationalError too): retried, not "unavailable"
+    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+        raise DatabaseUnavailable(f"cannot store the jobs: {exc}") from exc
+
+
+def _log_lost_race(state: RetryCallState) -> None:
+    failure = state.outcome.exception() if state.outcome is not None else None
+    log.info("deferral lost a race; retrying", extra={"error": type(failure).__name__, "attempt": state.attempt_number})
 
 
 async def enqueue_pages(pool: AsyncConnectionPool, requests: Sequence[PageJobRequest]) -> list[EnqueueOutcome]:
@@ -423,54 +428,6 @@ async def refresh_queue_statistics(pool: AsyncConnectionPool) -> None:
             await conn.execute("ANALYZE procrastinate_jobs")
     except psycopg.Error as exc:
         log.warning("could not ANALYZE procrastinate_jobs", extra={"error": str(exc)[:300]})
-
-
-async def run_worker(queue: procrastinate.App, settings: Settings, *, name: str = "worker") -> None:
-    """Run a worker until cancelled or signalled; `serve` runs one inside the API process."""
-    options: dict[str, Any] = {
-        "queues": [PAGES_QUEUE, MAINTENANCE_QUEUE],
-        "concurrency": settings.worker_concurrency,
-        "name": name,
-        "install_signal_handlers": False,
-        "update_heartbeat_interval": settings.worker_heartbeat_seconds,
-        "stalled_worker_timeout": settings.worker_heartbeat_seconds * 3,
-        "fetch_job_polling_interval": 2.0,
-        "delete_jobs": "successful",
-        # On SIGTERM/SIGINT the worker stops fetching and lets running jobs finish (drain) for this long; a job
-        # still running then is cancelled and hands its page to a follow-up job (`app.jobs`), so a slow page
-        # delays a shutdown by at most this, and an orchestrator's SIGKILL after its grace period loses
-        # nothing either (stalled-job recovery).
-        "shutdown_graceful_timeout": WORKER_DRAIN_SECONDS,
-    }
-    from app.jobs import hand_back_stalled_page  # the task module imports this one
-
-    await recover_stalled(
-        queue, stalled_after=settings.worker_heartbeat_seconds * 3, hand_back_page=hand_back_stalled_page
-    )
-    await queue.run_worker_async(**options)
-
-
-async def run_worker_forever(queue: procrastinate.App, settings: Settings, *, name: str = "worker") -> None:
-    """Run a worker until cancelled, restarting it (with jittered backoff) whenever it stops by itself.
-
-    Procrastinate stops its worker when Postgres goes away (its listener fails, then unregistering fails too).
-    Without a restart, `serve` would keep acknowledging jobs that nobody runs once Postgres is back, and a
-    `worker` process would exit on a database failover. A worker that ran for a minute before failing starts
-    its backoff afresh.
-    """
-    backoff = Backoff(base=1.0, cap=30.0)
-    failures = 0
-    while True:
-        started = time.monotonic()
-        try:
-            await run_worker(queue, settings, name=name)
-            error = "stopped"
-        except Exception as exc:  # CancelledError is a BaseException: shutdown goes through
-            error = f"{type(exc).__name__}: {exc}"
-        failures = 1 if time.monotonic() - started > 60 else failures + 1
-        delay = max(0.5, backoff.delay(failures))
-        log.error("worker stopped; restarting", extra={"worker": name, "error": error[:500], "retry_in": delay})
-        await asyncio.sleep(delay)
 
 
 def now() -> dt.datetime:

@@ -1,16 +1,15 @@
 """The process's long-lived resources, opened once and closed once.
 
 The API, the worker and the CLI all build the same `Runtime`, so they share one code path for migrations,
-pools and clients. Tasks find it through `current()`: procrastinate calls plain functions, and a process runs
-one runtime.
+pools and clients. Whoever opens it passes it on: the worker hands it to every task (`app.tasks`), the API
+keeps it in `app.state.runtime`, a CLI command passes it to what it calls.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import procrastinate
 from psycopg_pool import AsyncConnectionPool
@@ -19,15 +18,13 @@ from app.config import Settings
 from app.confluence import ConfluenceClient
 from app.db import database_url, make_pool, migrate
 from app.embeddings import OllamaBgeM3Embedding
-from app.errors import ConfigurationError
 from app.intake import WebhookIntake
 from app.metrics import Metrics
-from app.queue import build_queue
+from app.permissions_client import PermissionsClient
+from app.tasks import build_queue
 from app.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
-
-_current: Runtime | None = None
 
 
 @dataclass
@@ -41,12 +38,12 @@ class Runtime:
     embedder: OllamaBgeM3Embedding
     metrics: Metrics
     intake: WebhookIntake
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: Who may read what, read through `confluence`; one per runtime, so its membership cache is shared.
+    permissions: PermissionsClient
 
     @classmethod
     async def open(cls, settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
-        """Migrate, open pools and clients, and make this the process's current runtime."""
-        global _current
+        """Migrate, open pools and clients; the caller closes the runtime (`close`)."""
         url = database_url(settings)
         await migrate(url, settings)
         pool = make_pool(url, max_size=settings.db_pool_size)
@@ -54,30 +51,32 @@ class Runtime:
         queue = build_queue(url, settings)
         await queue.open_async()
         metrics = metrics or Metrics()
+        confluence = ConfluenceClient(settings, on_retry=metrics.confluence_retry)
         runtime = cls(
             settings=settings,
             database_url=url,
             pool=pool,
             store=VectorStore(pool, settings.vector_table, embed_model=settings.embed_model),
             queue=queue,
-            confluence=ConfluenceClient(settings, on_retry=metrics.confluence_retry),
+            confluence=confluence,
             embedder=OllamaBgeM3Embedding.from_settings(settings),
             metrics=metrics,
             intake=WebhookIntake(pool, dedupe_window_seconds=settings.dedupe_window_seconds, metrics=metrics),
+            permissions=PermissionsClient(
+                confluence,
+                membership_ttl=float(settings.permission_sync_interval),
+                max_people=settings.permission_people_cache,
+            ),
         )
-        _current = runtime
         freeze_startup_objects()
         return runtime
 
     async def close(self) -> None:
-        global _current
         await self.intake.aclose()
         await self.confluence.aclose()
         await self.embedder.aclose()
         await self.queue.close_async()
         await self.pool.close()
-        if _current is self:
-            _current = None
 
 
 def freeze_startup_objects() -> None:
@@ -91,9 +90,3 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def current() -> Runtime:
-    if _current is None:
-        raise ConfigurationError("no runtime is open in this process")
-    return _current

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from app.access import unestablished
 from app.attachments.index import skipped as skipped_attachments
-from app.queue import queue_counts
-from app.runtime import Runtime
+from app.queue import PageJobRequest, defer_pages, in_deferral_transaction, queue_counts
 from app.startup import data_location
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 @dataclass
@@ -117,7 +119,6 @@ async def retry_failed(rt: Runtime) -> list[str]:
     Marking and deferring share one transaction (as backfill does), so a page is never `pending` without a
     job, nor queued while still shown as failed.
     """
-    from app.queue import PageJobRequest, defer_pages, in_deferral_transaction
 
     async def mark_and_defer(conn: Any) -> list[str]:
         cur = await conn.execute(

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 from rich.console import Console
@@ -36,8 +36,10 @@ from app.queue import (
     in_deferral_transaction,
     refresh_queue_statistics,
 )
-from app.runtime import Runtime
 from app.vector_store import VectorStore
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ a caller naming `service-account` is looked up as a person (unknown: refused).
 
 from __future__ import annotations
 
-from app.access_jobs import permissions
 from app.errors import ConfluenceVectorsError, PermanentError, RetryableError
 from app.permissions_client import AccessUnavailable, UnknownPerson
 from app.runtime import Runtime
@@ -61,7 +60,7 @@ async def viewer_principals(
     if len(named) > MAX_IDENTITY_CHARS or "\x00" in named:
         raise PersonUnknown("the person's identity is not a valid Confluence user id")
     try:
-        person = await permissions(rt).person(named)
+        person = await rt.permissions.person(named)
     except UnknownPerson as exc:
         raise PersonUnknown(str(exc)) from exc
     except (AccessUnavailable, ConfluenceVectorsError) as exc:

@@ -21,6 +21,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
+from app.access_jobs import defer_folder_refresh, defer_space_refresh
+from app.comments import comment_container, indexed_comment_page
 from app.deliveries import delivery_digest
 from app.errors import DatabaseUnavailable, WebhookRejected
 from app.intake import Delivery
@@ -334,8 +336,6 @@ async def _comment_page(rt: Any, parsed: CommentEvent) -> PageEvent | JSONRespon
     "unresolved", logged — nothing of the comment is indexed, so nothing can go stale. Confluence unreachable
     or slow: 503 with Retry-After, never a 202 for work not stored. Why here and not in a job: the job queue
     is keyed by page, and this lookup is one read for a rare shape of event."""
-    from app.comments import comment_container, indexed_comment_page
-
     try:
         found = await asyncio.wait_for(comment_container(rt.confluence, parsed.comment_id), _RESOLVE_TIMEOUT)
         if found is None:
@@ -358,15 +358,11 @@ async def _comment_page(rt: Any, parsed: CommentEvent) -> PageEvent | JSONRespon
 
 async def _space_permission_event(rt: Any, parsed: SpacePermissionEvent) -> JSONResponse:
     """Queue a re-read of the space's read permission; 503 when it cannot be stored (Confluence may retry)."""
-    from app.access_jobs import defer_space_refresh
-
     return await _access_job(rt, parsed.event, "space_key", parsed.space_key, defer_space_refresh)
 
 
 async def _folder_event(rt: Any, parsed: FolderEvent) -> JSONResponse:
     """Queue a re-read of a folder's restriction and path (its pages follow); 503 when it cannot be stored."""
-    from app.access_jobs import defer_folder_refresh
-
     return await _access_job(rt, parsed.event, "folder_id", parsed.folder_id, defer_folder_refresh)
 
 

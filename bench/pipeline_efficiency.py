@@ -8,7 +8,7 @@ floor for any pipeline. The fake Confluence also runs as its own process, so nei
 the pipeline.
 
 End to end: N pages are enqueued (`app.queue.enqueue_pages`), then a real procrastinate worker
-(`app.queue.run_worker`, WORKER_CONCURRENCY as configured) runs in this process until every page is indexed.
+(`app.tasks.run_worker`, WORKER_CONCURRENCY as configured) runs in this process until every page is indexed.
 Pure embedding: the same texts (re-chunked from the pages) embedded with `OllamaBgeM3Embedding.aembed_many`
 one page at a time. Efficiency = pure / end-to-end (target ≥ 0.9).
 """
@@ -92,9 +92,7 @@ async def _all_indexed(rt: Any, n: int) -> bool:
 
 
 def run_end_to_end(url: str, fakes: Fakes, n: int, *, concurrency: int, profile: bool = False) -> dict[str, Any]:
-    """One end-to-end run in a fresh (spawned) process: `app.queue.build_queue` cannot be called twice in one
-    process (the shared Blueprint's task names get namespaced again: `cv:cv:index_page`), and a fresh process
-    also keeps each run's measurements independent."""
+    """One end-to-end run in a fresh (spawned) process, which keeps each run's measurements independent."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(
@@ -127,8 +125,9 @@ async def end_to_end(
     concurrency: int,
     profile: bool = False,
 ) -> dict[str, Any]:
-    from app.queue import PageJobRequest, enqueue_pages, run_worker
+    from app.queue import PageJobRequest, enqueue_pages
     from app.runtime import Runtime
+    from app.tasks import run_worker
     from tests.conftest import make_settings
 
     settings = make_settings(
@@ -149,7 +148,7 @@ async def end_to_end(
         if profiler:
             profiler.enable()
         started = time.perf_counter()
-        worker = asyncio.create_task(run_worker(rt.queue, settings, name="bench"))
+        worker = asyncio.create_task(run_worker(rt, name="bench"))
         while not await _all_indexed(rt, n):
             if worker.done():
                 worker.result()

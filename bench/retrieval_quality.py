@@ -222,15 +222,16 @@ def service_settings(url: str, confluence_url: str, credentials: dict[str, str],
 
 async def _index(url: str, confluence_url: str, credentials: dict[str, str], ollama_url: str, indexing: Indexing,
                  page_ids: list[str]) -> float:
-    from app.queue import PageJobRequest, enqueue_pages, run_worker
+    from app.queue import PageJobRequest, enqueue_pages
     from app.runtime import Runtime
+    from app.tasks import run_worker
 
     settings = service_settings(url, confluence_url, credentials, ollama_url, indexing)
     rt = await Runtime.open(settings)
     started = time.perf_counter()
     try:
         await enqueue_pages(rt.pool, [PageJobRequest(pid, "page", "bench") for pid in page_ids])
-        worker = asyncio.create_task(run_worker(rt.queue, settings, name="quality"))
+        worker = asyncio.create_task(run_worker(rt, name="quality"))
         deadline = time.monotonic() + 600
         while True:
             async with rt.pool.connection() as conn:

@@ -102,7 +102,7 @@ async def test_a_sync_refused_by_confluence_is_rechecked_soon_and_converges(
 
     # While Confluence still refuses, the re-check comes back with the next attempt (coalesced: one waits).
     await _clear_rechecks(rt)
-    result = await recheck_access_job(attempt=1)
+    result = await recheck_access_job(rt, attempt=1)
     assert result["not_established"] >= 2
     assert [(s, a) for s, a, _ in await _rechecks(rt)] == [("todo", 2)]
     assert not await may_read(rt.pool, READER, "701")
@@ -111,7 +111,7 @@ async def test_a_sync_refused_by_confluence_is_rechecked_soon_and_converges(
     with confluence._lock:
         confluence._faults.clear()
     await _clear_rechecks(rt)
-    result = await recheck_access_job(attempt=2)
+    result = await recheck_access_job(rt, attempt=2)
     assert result["not_established"] == 0
     assert await may_read(rt.pool, READER, "700") and await may_read(rt.pool, READER, "701")
     assert await _rechecks(rt) == []

@@ -13,7 +13,8 @@ import pytest
 from app import intake as intake_module
 from app.errors import DatabaseUnavailable
 from app.intake import Delivery, WebhookIntake
-from app.queue import INDEX_PAGE, PAGES_QUEUE, PageJobRequest, build_queue, defer_pages, enqueue_pages, page_lock
+from app.queue import INDEX_PAGE, PAGES_QUEUE, PageJobRequest, defer_pages, enqueue_pages, page_lock
+from app.tasks import build_queue
 from tests.conftest import make_settings
 
 

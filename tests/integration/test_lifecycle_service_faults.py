@@ -16,6 +16,7 @@ import pytest
 
 from app.queue import INDEX_PAGE, PAGES_QUEUE, PageJobRequest, enqueue_pages
 from app.runtime import Runtime
+from app.tasks import runtime_context
 from tests.conftest import make_settings
 from tests.e2e.conftest import page_body
 from tests.fakes.confluence import FakeConfluence
@@ -68,7 +69,11 @@ async def _run_due_jobs(rt: Runtime) -> None:
     async with rt.pool.connection() as conn:
         await conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE status = 'todo'")
     await rt.queue.run_worker_async(
-        queues=[PAGES_QUEUE], wait=False, install_signal_handlers=False, delete_jobs="successful"
+        queues=[PAGES_QUEUE],
+        wait=False,
+        install_signal_handlers=False,
+        delete_jobs="successful",
+        additional_context=runtime_context(rt),
     )
 
 

@@ -34,7 +34,7 @@ async def test_tick_reconciles_only_when_confluence_is_configured(
     settings = make_settings(database_url=db_url, reconcile_interval=60, **confluence)
     rt = await Runtime.open(settings)
     try:
-        await tick(None, 0)  # type: ignore[arg-type]  # the task body, as the worker runs it each minute
+        await tick(rt, 0)  # the task body, as the worker runs it each minute
         assert await _reconcile_jobs(rt) == expected
     finally:
         await rt.close()

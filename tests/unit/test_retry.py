@@ -79,7 +79,7 @@ def test_plan_retry_honours_retry_after_capped() -> None:
 def test_index_page_task_has_no_procrastinate_retry() -> None:
     """procrastinate's retry re-queues the failed row and collides with a waiting job of the page; the page
     task schedules its own follow-up instead (app.jobs), so no retry strategy may be attached."""
-    from app.queue import build_queue
+    from app.tasks import build_queue
 
     queue = build_queue("postgresql://127.0.0.1:9/none", _settings())
     assert queue.tasks[INDEX_PAGE].retry_strategy is None
@@ -88,7 +88,7 @@ def test_index_page_task_has_no_procrastinate_retry() -> None:
 def test_every_queue_built_in_a_process_registers_the_same_task_names() -> None:
     """A second App in one process (tests, a CLI command beside a worker) once registered `cv:cv:index_page`,
     because procrastinate's `add_tasks_from` renamed a module-level blueprint's tasks in place."""
-    from app.queue import build_queue
+    from app.tasks import build_queue
 
     queues = [build_queue("postgresql://127.0.0.1:9/none", _settings()) for _ in range(3)]
     # procrastinate's own `builtin:` tasks keep its naming quirk; ours are the `cv:` ones.
