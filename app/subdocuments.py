@@ -10,10 +10,19 @@ document's changed chunks, never another's.
 
 The heading path starts with the names that locate the text (page title, then file name or comment), then the
 document's own headings, demoted below them.
+
+What is embedded: for a comment, the page title and heading path, as for the page's own chunks (a comment
+says little without its page, and is short, so a rename re-embeds little). For an attachment, the file name
+and the file's own headings only (`embedded_from=1`, key `subdocument_path`): the page title stays in the
+stored `title`, `header_path` and the full-text column (`app.db.SEARCH_DOCUMENT`, weights A and B), where
+lexical search and readers see it, but not in the vectors. Why: a file is up to ATTACHMENT_MAX_CHARS of
+text, a hundred chunks or more, and a page rename would otherwise re-embed every one of them; its own name and
+headings are what the file's text is about, and a rename then changes rows' metadata only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections import Counter
@@ -22,12 +31,14 @@ from typing import Any
 
 from llama_index.core.schema import TextNode
 
-from app.chunking import NAMESPACE, chunk_page
+from app.chunking import HEADER_SEPARATOR, NAMESPACE, chunk_page, embed_text
 from app.config import Settings
 from app.models import Page
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _ATX = re.compile(r"^( {0,3})(#{1,6})(?=[ \t]|$)")
+#: The embedded heading path of a sub-document that leaves its locating names out (see `embedded_from`).
+EMBED_PATH_KEY = "subdocument_path"
 
 
 def demote_headings(markdown: str, levels: int) -> str:
@@ -58,12 +69,16 @@ def subdocument_nodes(
     path: Sequence[str],
     markdown: str,
     metadata: Mapping[str, Any],
+    embedded_from: int = 0,
 ) -> list[TextNode]:
     """Chunks of one sub-document of `page`.
 
     `path` (1-5 names, e.g. page title and file name) becomes the leading headings; `markdown` is the
     document's text; `metadata` is added to every chunk (file name, media type, author...), none of it
-    embedded, so it can change without a re-embed. Returns [] for a document without text.
+    embedded, so it can change without a re-embed. With `embedded_from` = n > 0 the first n names of `path`
+    are stored (`header_path`, `title`) but not embedded: the embedded text is `subdocument_path: <the rest of
+    the heading path>` and the chunk, so renaming what those names name re-embeds nothing. Returns [] for a
+    document without text.
     """
     if not markdown.strip():
         return []
@@ -78,12 +93,27 @@ def subdocument_nodes(
         max_tokens=settings.embed_max_tokens,
     )
     extra = {**metadata, "subdocument_id": doc_id, "subdocument_type": doc_type}
+    located = HEADER_SEPARATOR.join(names[:embedded_from]) + HEADER_SEPARATOR if embedded_from > 0 else ""
     seen: Counter[str] = Counter()
     for node in nodes:
         node.metadata.update(extra)
         for excluded in (node.excluded_embed_metadata_keys, node.excluded_llm_metadata_keys):
             excluded.extend(key for key in extra if key not in excluded)
+        if located:
+            _embed_without(node, located)
         digest = str(node.metadata["content_hash"])
         node.id_ = str(uuid.uuid5(NAMESPACE, f"{page.id}:{doc_id}:{digest}:{seen[digest]}"))
         seen[digest] += 1
     return nodes
+
+
+def _embed_without(node: TextNode, located: str) -> None:
+    """Embed `node` under its heading path minus the leading `located` names (`subdocument_nodes`'s
+    `embedded_from`), re-deriving its `content_hash` from the new embedded text. A heading path that does not
+    start with them (clipped for length) is embedded whole: correct, only dearer on a rename."""
+    header = str(node.metadata.get("header_path", ""))
+    node.metadata[EMBED_PATH_KEY] = header[len(located) :] if header.startswith(located) else header
+    node.excluded_embed_metadata_keys = [key for key in node.metadata if key != EMBED_PATH_KEY]
+    if EMBED_PATH_KEY not in node.excluded_llm_metadata_keys:  # readers see `title` and `header_path`
+        node.excluded_llm_metadata_keys.append(EMBED_PATH_KEY)
+    node.metadata["content_hash"] = hashlib.sha256(embed_text(node).encode("utf-8", "surrogatepass")).hexdigest()

@@ -175,6 +175,7 @@ def _nodes(settings: Settings, page: Page, record: Record) -> list[TextNode]:
         path=[page.title, a.title],
         markdown=record.markdown or "",
         metadata=metadata,
+        embedded_from=1,  # the page title is stored, not embedded: a rename re-embeds none of the file
     )
 
 

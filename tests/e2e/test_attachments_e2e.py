@@ -169,3 +169,34 @@ def test_unreadable_files_are_skipped_with_reasons_and_the_page_indexed(
     }
     assert db.state("3002")["status"] == "indexed"  # type: ignore[index]
     assert "Files for the audit" in json.dumps(db.rows("3002"))
+
+
+def test_renaming_a_page_embeds_its_own_chunks_again_not_its_files(
+    api: Api, confluence: FakeConfluence, ollama: FakeOllama, db: Db
+) -> None:
+    """The page title is in every body chunk's embedded text (it locates the text) but not in an attachment
+    chunk's: the file's chunks embed the file name and its own headings, and keep the page title in their
+    stored heading path, `title` and full-text column. A rename then costs the page's chunks, not its files'.
+    Counted by the test Ollama server."""
+    content = content_of(confluence)
+    body = "<p>Pumps are checked weekly.</p>"
+    confluence.put_page("3003", title="Pump handbook", body=body, space_key="ENG")
+    lines = [f"Step {n}: the quokka valve needs {n} turns before the pressure settles." for n in range(120)]
+    attachment = content.add_attachment("3003", "manual.pdf", PDF, files.pdf(lines))
+    api.webhook({"event": "page_created", "page": {"id": "3003"}})
+    doc = f"3003/attachment/{attachment}"
+    wait_until(lambda: len(node_ids(db, "3003", doc)) > 2, timeout=90, what="page and its file indexed")
+    file_ids = node_ids(db, "3003", doc)
+    page_rows = len(rows_by_doc(db, "3003")["page"])
+
+    ollama.reset()
+    confluence.put_page("3003", title="Pump field guide", body=body, space_key="ENG")
+    api.webhook({"event": "page_updated", "page": {"id": "3003"}})
+    wait_until(lambda: '"title": "Pump field guide"' in json.dumps(db.rows("3003")), what="rename indexed")
+    wait_until(lambda: (db.state("3003") or {}).get("version") == 2, what="the new version recorded")
+    assert node_ids(db, "3003", doc) == file_ids, "the file's chunks are kept"
+    assert ollama.inputs == page_rows, (ollama.inputs, page_rows, len(file_ids))
+    stored = [m for _, m in db.rows("3003") if m.get("attachment_id") == attachment]
+    assert {m["title"] for m in stored} == {"Pump field guide"}
+    assert all(m["header_path"].startswith("Pump field guide > manual.pdf") for m in stored)
+    assert '"page_id": "3003"' in search(api, "pump field guide quokka")

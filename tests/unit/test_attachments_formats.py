@@ -12,6 +12,7 @@ from fpdf.bidi import BidiParagraph
 from fpdf.enums import TextDirection
 
 from app.attachments.extract import KINDS, LEGACY_REASON, Extraction, extract, media_type_of, run
+from tests.fakes import office_files as files
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Hebrew and Arabic glyphs (fonts-dejavu-core)
 LEDGER = Path(__file__).parents[1] / "fixtures" / "ledger.xls"  # made by tests/fixtures/make_legacy_xls.py
@@ -73,3 +74,11 @@ def test_legacy_word_and_powerpoint_are_skipped_with_what_to_do(media_type: str,
         extract(b"\xd0\xcf\x11\xe0", media_type_of(media_type, name), max_chars=1000, timeout=60, memory_mb=1024)
     )
     assert answer == Extraction(None, LEGACY_REASON, detail)
+
+
+def test_spreadsheet_numbers_keep_their_digits() -> None:
+    """`:g` kept 6 significant digits: an account number 1234567 became "1.23457e+06" and 123456.78 became
+    "123457". Excel shows 15; so do we, in .xlsx and .xls alike (`app.attachments.cells`)."""
+    data = files.xlsx([["Account", "Balance"], [1234567.0, 123456.78], [7.0, 0.5]])
+    text = run("xlsx", data, 10_000)
+    assert "| 1234567 | 123456.78 |" in text and "| 7 | 0.5 |" in text, text
