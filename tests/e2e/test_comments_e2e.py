@@ -69,6 +69,23 @@ def test_data_center_comment_events_naming_only_the_comment(api: Api, confluence
     wait_until(lambda: "cannot resolve comment's page" in api.logs(), what="unresolved comment logged")
 
 
+def test_cloud_comment_replies_are_searchable_and_follow_their_thread(
+    api: Api, confluence: FakeConfluence, db: Db
+) -> None:
+    """Cloud lists only root comments per page; replies (and replies to replies) come from each comment's
+    `/children` list. A reply in a resolved inline thread stays out with its thread."""
+    content = content_of(confluence)
+    confluence.put_page("4004", title="Cache design", body="<p>Entries live ten minutes.</p>", space_key="ENG")
+    root = content.add_comment("4004", "<p>Why ten?</p>")
+    reply = content.add_reply(root, "<p>The tapir dashboard refreshes every ten.</p>")
+    content.add_reply(reply, "<p>Then the wallaby cache can follow it.</p>")
+    closed = content.add_comment("4004", "<p>Typo.</p>", kind="inline", selection="ten", resolution="resolved")
+    content.add_reply(closed, "<p>Fixed by the dingo.</p>")
+    api.webhook({"event": "page_created", "page": {"id": "4004"}})
+    wait_until(lambda: "wallaby" in texts(db, "4004"), timeout=90, what="replies indexed with the page")
+    assert "tapir" in texts(db, "4004") and "dingo" not in texts(db, "4004")
+
+
 @pytest.fixture()
 def no_comments_api(db_url: str, confluence: FakeConfluence, ollama: FakeOllama, tmp_path: Path) -> Iterator[Api]:
     env = service_env(
