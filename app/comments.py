@@ -64,13 +64,34 @@ async def fetch_comments(client: ConfluenceClient, page: Page) -> list[Comment]:
         authors = await client.resolve_users(c.author for c in comments if c.author)
         return [_named(c, authors) for c in comments]
     params = {
-        "expand": "body.storage,version,history,extensions.inlineProperties,extensions.resolution",
+        "expand": "body.storage,version,history,ancestors,extensions.inlineProperties,extensions.resolution",
         "depth": "all",
         "limit": _PAGE_SIZE,
     }
     async for data in client.paginate("v1", f"content/{page.id}/child/comment", params):
         comments += [parse_dc_comment(item) for item in _results(data)]
-    return comments
+    return threaded(comments)
+
+
+def threaded(comments: Sequence[Comment]) -> list[Comment]:
+    """`comments` (a flat list naming each reply's `parent_id`, as Data Center's `depth=all` gives it) with
+    every reply made part of its thread: the kind and anchored passage of its inline root, and closed when an
+    inline comment above it is resolved. Order kept; a parent not in the list (or a cycle) ends the walk."""
+    by_id = {c.id: c for c in comments}
+    out: list[Comment] = []
+    for comment in comments:
+        thread = comment
+        chain: list[Comment] = []
+        parent = by_id.get(comment.parent_id or "")
+        while parent is not None and len(chain) < MAX_REPLY_DEPTH and parent.id != comment.id:
+            chain.append(parent)
+            parent = by_id.get(parent.parent_id or "")
+        for above in chain:  # nearest first
+            thread = _in_thread(thread, above)
+        if chain and chain[-1].kind == "inline":
+            thread = Comment(**{**_fields(thread), "kind": "inline"})
+        out.append(thread)
+    return out
 
 
 async def _cloud_list(client: ConfluenceClient, path: str, kind: str) -> list[Comment]:
@@ -183,8 +204,13 @@ def parse_dc_comment(item: Mapping[str, Any]) -> Comment:
     creator = _object(history.get("createdBy"))
     inline = str(extensions.get("location") or "").lower() == "inline"
     status = str(_object(extensions.get("resolution")).get("status") or "").lower()
+    # `ancestors` (root first) of a reply are the comments it answers; the page is the `container`, but a
+    # non-comment ancestor is skipped rather than taken for a parent comment.
     ancestors = item.get("ancestors")
-    parent = ancestors[-1] if isinstance(ancestors, list) and ancestors else None
+    comments_above = (
+        [a for a in ancestors if _object(a).get("type", "comment") == "comment"] if isinstance(ancestors, list) else []
+    )
+    parent = comments_above[-1] if comments_above else None
     return Comment(
         id=str(item.get("id", "")),
         kind="inline" if inline else "footer",

@@ -286,6 +286,8 @@ def _dc_comments(fake: FakeConfluence, request: Request, page_id: str) -> JSON:
             item["body"] = {"storage": {"value": c.body, "representation": "storage"}}
         if "version" in expand:
             item["version"] = {"number": c.version}
+        if "ancestors" in expand:  # a reply's ancestors are the comments above it, root first
+            item["ancestors"] = [{"id": a, "type": "comment", "status": "current"} for a in _comment_chain(fake, c)]
         if "history" in expand:
             creator = fake._user(c.author_id)
             item["history"] = {"createdBy": creator, "createdDate": c.created.isoformat()}
@@ -298,6 +300,17 @@ def _dc_comments(fake: FakeConfluence, request: Request, page_id: str) -> JSON:
         items.append(item)
     chunk, next_link = page_slice(fake, request, items)
     return _body(fake, chunk, next_link, request)
+
+
+def _comment_chain(fake: FakeConfluence, comment: FakeComment) -> list[str]:
+    """Ids of the comments above `comment`, root first."""
+    chain: list[str] = []
+    parent = comment.parent_id
+    while parent is not None and parent not in chain:
+        chain.insert(0, parent)
+        above = content_of(fake).comments.get(parent)
+        parent = above.parent_id if above is not None else None
+    return chain
 
 
 def _dc_attachments(fake: FakeConfluence, request: Request, page_id: str) -> JSON:

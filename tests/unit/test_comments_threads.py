@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.comments import comment_container, fetch_comments, indexed, nodes_for_comment
+from app.comments import comment_container, fetch_comments, indexed, nodes_for_comment, parse_dc_comment, threaded
 from app.confluence import ConfluenceClient
 from app.models import Comment, Page
 from tests import conftest
@@ -52,15 +52,15 @@ async def test_replies_nested_and_paginated_are_fetched_with_their_thread(fake: 
 
     comments = await page_comments(fake, "501")
     by_id = {c.id: c for c in comments}
-    if fake.deployment == "datacenter":  # `depth=all` lists replies with the roots (no thread fields asked)
-        assert set(by_id) == {root, *replies, nested, inline, inline_reply, closed, closed_reply}
-        return
     assert set(by_id) == {root, *replies, nested, inline, inline_reply, closed, closed_reply}
     assert [by_id[r].parent_id for r in replies] == [root] * 3 and by_id[nested].parent_id == replies[1]
     assert by_id[inline_reply].kind == "inline" and by_id[inline_reply].highlighted == "ten minutes"
     assert by_id[closed_reply].resolved, "a reply in a resolved inline thread is closed with it"
     assert {c.id for c in indexed(comments)} == {root, *replies, nested, inline, inline_reply}
-    assert fake.count("/children") >= 1 + 3 + 1 + 1, "one children list per comment, replies included"
+    if fake.deployment == "cloud":
+        assert fake.count("/children") >= 1 + 3 + 1 + 1, "one children list per comment, replies included"
+    else:  # Data Center: `depth=all` lists replies with the roots, `ancestors` names their parents
+        assert fake.count("/children") == 0 and fake.count("/child/comment") >= 1
 
     settings = conftest.make_settings()
     page = await _page(fake, "501")
@@ -85,3 +85,28 @@ async def test_a_comment_named_alone_resolves_to_its_page_or_to_none_when_gone(f
         content.remove_comment(footer)
         assert await comment_container(client, footer) is None
         assert await comment_container(client, "999999999") is None
+
+
+def test_a_data_center_reply_joins_its_thread() -> None:
+    """A v1 reply names its parent in `ancestors` (root first); whatever its own `extensions` say, it is
+    closed with a resolved inline root and carries the root's anchored passage."""
+    root = parse_dc_comment(
+        {
+            "id": "1",
+            "extensions": {
+                "location": "inline",
+                "resolution": {"status": "resolved"},
+                "inlineProperties": {"originalSelection": "ten minutes"},
+            },
+        }
+    )
+    reply = parse_dc_comment({"id": "2", "ancestors": [{"id": "1", "type": "comment"}], "extensions": {}})
+    deeper = parse_dc_comment(
+        {"id": "3", "ancestors": [{"id": "1", "type": "comment"}, {"id": "2", "type": "comment"}], "extensions": {}}
+    )
+    on_page = parse_dc_comment({"id": "4", "ancestors": [{"id": "501", "type": "page"}], "extensions": {}})
+    assert (reply.parent_id, deeper.parent_id, on_page.parent_id) == ("1", "2", None)
+    threads = {c.id: c for c in threaded([deeper, root, reply, on_page])}
+    assert all(threads[i].resolved and threads[i].kind == "inline" for i in "123")
+    assert threads["3"].highlighted == "ten minutes" and not threads["4"].resolved
+    assert [c.id for c in indexed(list(threads.values()))] == ["4"]
