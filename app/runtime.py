@@ -8,7 +8,6 @@ keeps it in `app.state.runtime`, a CLI command passes it to what it calls.
 from __future__ import annotations
 
 import gc
-import logging
 from dataclasses import dataclass
 
 import procrastinate
@@ -23,8 +22,6 @@ from app.metrics import Metrics
 from app.permissions_client import PermissionsClient
 from app.tasks import build_queue
 from app.vector_store import VectorStore
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

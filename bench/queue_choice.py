@@ -4,7 +4,7 @@ Each measurement gets its own fresh database on one server, with the queue's own
 no-ops, so only the queue's cost is measured. Configurations:
 
 * procrastinate: `App(PsycopgConnector)`, jobs deferred with `defer_async`, workers `run_worker_async`
-  (`concurrency=CONCURRENCY`, LISTEN/NOTIFY, `delete_jobs="successful"` as in `app.queue.run_worker`);
+  (`concurrency=CONCURRENCY`, LISTEN/NOTIFY, `delete_jobs="successful"` as in `app.tasks.run_worker`);
 * pgqueuer: `Queries.enqueue` and `QueueManager.run` (`batch_size=CONCURRENCY`, unlimited in-flight),
   over psycopg (the driver we already use) and over asyncpg (pgqueuer's first-class driver).
 

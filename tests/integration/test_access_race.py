@@ -40,7 +40,7 @@ class SlowConfluence:
 
 async def test_late_stale_restriction_answer_does_not_overwrite_newer(pool: Any) -> None:
     confluence = SlowConfluence()
-    rt = SimpleNamespace(pool=pool, extra={"permissions": PermissionsClient(confluence)})  # type: ignore[arg-type]
+    rt = SimpleNamespace(pool=pool, permissions=PermissionsClient(confluence))  # type: ignore[arg-type]
     async with pool.connection() as conn:
         await save_space(conn, SpaceAccess("ENG", frozenset({"anyone"})))
         await save_page_access(conn, PageAccess("500", "ENG", ("500",)))

@@ -36,7 +36,7 @@ def runtime(fake: FakeConfluence, configured: str | None) -> Any:
         **fake.credentials,
     )
     client = PermissionsClient(ConfluenceClient(settings))
-    return SimpleNamespace(settings=settings, extra={"permissions": client})
+    return SimpleNamespace(settings=settings, permissions=client)
 
 
 @pytest.mark.parametrize("configured", [None, "", SERVICE_ACCOUNT, "alice"])
