@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from llama_index.core.schema import TextNode
@@ -35,7 +35,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.confluence import ConfluenceClient
+from app.confluence import CQL_BATCH, CQL_TZ_SLACK, ConfluenceClient
 from app.convert import storage_to_markdown, user_refs
 from app.convert_macros import escape_line_starts, quote
 from app.errors import PageNotFound
@@ -161,6 +161,30 @@ async def comment_container(client: ConfluenceClient, comment_id: str) -> tuple[
     if kind in ("page", "blogpost") and _text(container.get("id")):
         return str(container["id"]).strip(), kind
     return None
+
+
+async def pages_with_changed_children(client: ConfluenceClient, since: datetime) -> list[tuple[str, str]]:
+    """(content id, "page" | "blogpost") of every page or blog post with a comment or attachment created or
+    edited at or after `since`, each once, for reconciliation: neither changes its page's version, so the
+    page listing (which skips versions we hold) cannot see them, and Cloud does not retry a lost webhook.
+
+    One v1 CQL search (both products: "Search content by CQL", `type in (comment, attachment)` and
+    `lastmodified`, `expand=container,version`): CQL compares dates in the searching user's time zone, so the
+    query starts `CQL_TZ_SLACK` early and `version.when` is checked here. Removed comments and attachments are
+    in no list; the page's next job (any event, or the sync's rotating existence check) drops their rows."""
+    start = (since - CQL_TZ_SLACK).astimezone(UTC)
+    cql = f'type in (comment, attachment) and lastmodified >= "{start:%Y-%m-%d %H:%M}" order by created asc'
+    params = {"cql": cql, "expand": "container,version", "limit": str(CQL_BATCH)}
+    cut = since if since.tzinfo else since.replace(tzinfo=UTC)
+    found: dict[str, str] = {}
+    async for data in client.paginate("v1", "content/search", params):
+        for item in _results(data):
+            when = _when(_object(item.get("version")).get("when"))
+            container = _object(item.get("container"))
+            kind = str(container.get("type") or "")
+            if (when is None or when >= cut) and kind in ("page", "blogpost") and _text(container.get("id")):
+                found.setdefault(str(container["id"]).strip(), kind)
+    return list(found.items())
 
 
 async def indexed_comment_page(pool: AsyncConnectionPool, table: str, comment_id: str) -> tuple[str, str] | None:

@@ -26,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from app.comments import pages_with_changed_children
 from app.errors import ServiceFault
 from app.models import PageRef
 from app.queue import (
@@ -61,6 +62,7 @@ class ReconcileReport:
     queued_modified: int = 0
     gone_seen: int = 0
     queued_gone: int = 0
+    queued_children: int = 0
     failed_rechecked: int = 0
     held_checked: int = 0
     queued_vanished: int = 0
@@ -243,6 +245,12 @@ async def reconcile(rt: Runtime) -> ReconcileReport:
             gone = [PageJobRequest(ref.id, ref.content_type, "reconcile_gone") for ref in batch if ref.id in held]
             if gone:
                 report.queued_gone += (await enqueue_pages(rt.pool, gone)).count("queued")
+        # Comments and attachments change no page version: pages we hold whose children did are re-read.
+        children = await pages_with_changed_children(rt.confluence, since)
+        held = await _held_among(rt, [page_id for page_id, _ in children])
+        again = [PageJobRequest(i, kind, "reconcile_children") for i, kind in children if i in held]
+        if again:
+            report.queued_children += (await enqueue_pages(rt.pool, again)).count("queued")
 
     failed = await _failed_with_rows(rt, RECONCILE_FAILED_CAP)
     if failed:

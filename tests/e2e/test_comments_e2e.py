@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Db
-from tests.e2e.harness import Api, running, service_env, wait_until
+from tests.e2e.harness import Api, cli_path, running, service_env, wait_until
 from tests.fakes import office_files as files
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.confluence_content import content_of
@@ -84,6 +85,28 @@ def test_cloud_comment_replies_are_searchable_and_follow_their_thread(
     api.webhook({"event": "page_created", "page": {"id": "4004"}})
     wait_until(lambda: "wallaby" in texts(db, "4004"), timeout=90, what="replies indexed with the page")
     assert "tapir" in texts(db, "4004") and "dingo" not in texts(db, "4004")
+
+
+def test_reconciliation_catches_comments_and_attachments_without_webhooks(
+    env: dict[str, str], api: Api, confluence: FakeConfluence, db: Db
+) -> None:
+    """A comment or a new file changes no page version, so the page listing cannot see it; reconciliation
+    asks CQL for comments and attachments modified since its checkpoint and re-reads their pages."""
+    confluence.put_page("4005", title="Ops log", body="<p>Nothing happened.</p>", space_key="ENG")
+    api.webhook({"event": "page_created", "page": {"id": "4005"}})
+    wait_until(lambda: "Nothing happened" in texts(db, "4005"), what="page indexed")
+    _reconcile(env)  # the first run sets the checkpoint
+
+    content = content_of(confluence)
+    content.add_comment("4005", "<p>The iguana alarm fired twice.</p>")  # no webhook for either
+    content.add_attachment("4005", "notes.txt", "text/plain", b"The axolotl runbook moved to the wiki.")
+    _reconcile(env)
+    wait_until(lambda: "iguana" in texts(db, "4005") and "axolotl" in texts(db, "4005"), what="children indexed")
+
+
+def _reconcile(env: dict[str, str]) -> None:
+    result = subprocess.run([cli_path(), "reconcile"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.fixture()

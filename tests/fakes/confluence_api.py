@@ -436,9 +436,13 @@ def v1_search(fake: FakeConfluence, request: Request) -> JSON:
     items = [
         c for c in fake._sorted() if c.type in ("page", "blogpost") and c.status in statuses and matches(cql_item(c))
     ]
-    chunk, next_link = page_slice(fake, request, items)
+    from tests.fakes.confluence_content import search_entries  # comments and attachments (`type in (comment, ...)`)
+
+    children = search_entries(fake, matches) if "current" in statuses else []
+    chunk, next_link = page_slice(fake, request, [*items, *children])
     expand = _v1_expand(fake, request)
-    return _list_body(fake, [_v1_item(fake, c, expand) for c in chunk], next_link, request)
+    rendered = [_v1_item(fake, c, expand) if isinstance(c, FakeContent) else c for c in chunk]
+    return _list_body(fake, rendered, next_link, request)
 
 
 def v1_read_restriction(fake: FakeConfluence, request: Request) -> JSON:

@@ -25,6 +25,7 @@ Lists are cursor- (Cloud) or start- (DC) paginated like every other list of the 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes.confluence import FakeConfluence, page_slice
+from tests.fakes.confluence_cql import CqlItem
 
 JSON = dict[str, Any]
 V2_MAX_LIMIT = 250  # v2 list endpoints: `limit` 1..250 (OpenAPI schema of each comment/attachment list)
@@ -53,6 +55,7 @@ class FakeComment:
     selection: str | None = None  # inline: the page text the comment is anchored to
     status: str = "current"
     parent_id: str | None = None  # a reply's parent comment (same page, same kind)
+    modified: datetime = field(default_factory=lambda: datetime.now(UTC))  # CQL `lastmodified`, `version.when`
 
 
 @dataclass
@@ -64,6 +67,7 @@ class FakeAttachment:
     data: bytes
     version: int = 1
     status: str = "current"  # current | trashed
+    modified: datetime = field(default_factory=lambda: datetime.now(UTC))  # CQL `lastmodified`, `version.when`
 
 
 @dataclass
@@ -100,7 +104,7 @@ class ContentStore:
 
     def edit_comment(self, comment_id: str, body: str) -> None:
         comment = self.comments[comment_id]
-        comment.body, comment.version = body, comment.version + 1
+        comment.body, comment.version, comment.modified = body, comment.version + 1, datetime.now(UTC)
 
     def remove_comment(self, comment_id: str) -> None:
         del self.comments[comment_id]
@@ -114,6 +118,7 @@ class ContentStore:
         """A new version of the file (same id, version + 1), as an upload over it does."""
         attachment = self.attachments[attachment_id]
         attachment.data, attachment.version = data, attachment.version + 1
+        attachment.modified = datetime.now(UTC)
 
     def set_attachment_status(self, attachment_id: str, status: str) -> None:
         self.attachments[attachment_id].status = status
@@ -213,6 +218,30 @@ def v1_comment(fake: FakeConfluence, comment_id: str, expand: set[str]) -> JSON 
         item["container"] = {"id": page.id, "type": page.type, "status": page.status, "title": page.title}
     item["_links"] = {"base": fake.base_url, "context": fake.prefix, "self": f"/rest/api/content/{comment.id}"}
     return item
+
+
+def search_entries(fake: FakeConfluence, matches: Callable[[CqlItem], bool]) -> list[JSON]:
+    """Current comments and attachments matching a v1 CQL search, as "Search content by CQL" lists them
+    (`type`, `container` — the page or blog post —, `version.when`); the fake's search adds them to pages."""
+    store = content_of(fake)
+    entries: list[JSON] = []
+    children: list[FakeComment | FakeAttachment] = [*store.comments.values(), *store.attachments.values()]
+    for child in children:
+        kind = "comment" if isinstance(child, FakeComment) else "attachment"
+        page = fake._content.get(child.page_id)
+        if child.status != "current" or page is None:
+            continue
+        if not matches(CqlItem(id=child.id, type=kind, space_key=page.space_key, last_modified=child.modified)):
+            continue
+        entries.append({
+            "id": child.id,
+            "type": kind,
+            "status": "current",
+            "title": child.title if isinstance(child, FakeAttachment) else f"Re: {page.title}",
+            "container": {"id": page.id, "type": page.type, "status": page.status, "title": page.title},
+            "version": {"number": child.version, "when": child.modified.isoformat()},
+        })  # fmt: skip
+    return entries
 
 
 def _body(fake: FakeConfluence, results: list[JSON], next_link: str | None, request: Request) -> JSON:

@@ -6,10 +6,19 @@ page) resolves to the page it is on, or to None once it is gone."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.comments import comment_container, fetch_comments, indexed, nodes_for_comment, parse_dc_comment, threaded
+from app.comments import (
+    comment_container,
+    fetch_comments,
+    indexed,
+    nodes_for_comment,
+    pages_with_changed_children,
+    parse_dc_comment,
+    threaded,
+)
 from app.confluence import ConfluenceClient
 from app.models import Comment, Page
 from tests import conftest
@@ -110,3 +119,20 @@ def test_a_data_center_reply_joins_its_thread() -> None:
     assert all(threads[i].resolved and threads[i].kind == "inline" for i in "123")
     assert threads["3"].highlighted == "ten minutes" and not threads["4"].resolved
     assert [c.id for c in indexed(list(threads.values()))] == ["4"]
+
+
+async def test_pages_with_changed_children_by_cql(fake: FakeConfluence) -> None:
+    """One CQL search lists pages whose comments or attachments changed since a time, each page once; the
+    query starts a day early (CQL dates are in the user's time zone) and `version.when` decides."""
+    fake.put_page("503", title="Log", body="<p>x</p>", space_key="ENG")
+    fake.put_page("504", title="News", body="<p>y</p>", space_key="ENG", content_type="blogpost")
+    fake.put_page("505", title="Quiet", body="<p>z</p>", space_key="ENG")
+    content = content_of(fake)
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    content.add_comment("503", "<p>a</p>")
+    content.add_comment("503", "<p>b</p>")
+    content.add_attachment("504", "n.txt", "text/plain", b"n")
+    async with client_of(fake) as client:
+        assert sorted(await pages_with_changed_children(client, before)) == [("503", "page"), ("504", "blogpost")]
+        assert await pages_with_changed_children(client, datetime.now(UTC) + timedelta(minutes=5)) == []
+    assert fake.count("/content/search") >= 2
