@@ -123,7 +123,9 @@ async def run_worker(rt: Runtime, *, name: str = "worker") -> None:
     await rt.queue.run_worker_async(**options)
 
 
-async def run_worker_forever(rt: Runtime, *, name: str = "worker") -> None:
+async def run_worker_forever(
+    rt: Runtime, *, name: str = "worker", sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
     """Run a worker until cancelled, restarting it (with jittered backoff) whenever it stops by itself.
 
     Procrastinate stops its worker when Postgres goes away (its listener fails, then unregistering fails too).
@@ -131,7 +133,7 @@ async def run_worker_forever(rt: Runtime, *, name: str = "worker") -> None:
     `worker` process would exit on a database failover. The restarts are tenacity's (never stopping; a
     cancellation is a BaseException, not retried, so shutdown goes through): the wait is `Backoff(1 s, 30 s)`,
     at least 0.5 s, counted from the worker's last healthy run: one that ran for a minute before failing
-    starts its backoff afresh.
+    starts its backoff afresh. `sleep` waits between runs (tests pass their own).
     """
     backoff = Backoff(base=1.0, cap=30.0, floor=0.5)
     failures = 0
@@ -159,7 +161,7 @@ async def run_worker_forever(rt: Runtime, *, name: str = "worker") -> None:
         retry=retry_if_exception_type(Exception) | retry_if_result(lambda _: True),
         stop=stop_never,
         wait=wait,
-        sleep=asyncio.sleep,
+        sleep=sleep,
         before_sleep=restarting,
     )
     await policy(attempt)

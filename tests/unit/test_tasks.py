@@ -61,3 +61,45 @@ async def test_a_worker_started_without_the_runtime_fails_the_job_saying_so() ->
     task = _queue().tasks["cv:reconcile"]
     with pytest.raises(ConfigurationError, match="without a runtime"):
         await task.func(SimpleNamespace(additional_context={}, job=None))
+
+
+async def test_a_worker_that_stops_is_restarted_with_backoff_until_cancelled(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Procrastinate's worker stops when Postgres goes away (or raises): `run_worker_forever` logs it and
+    starts it again after a jittered wait of at least 0.5 s; a cancellation (shutdown) ends it at once."""
+    import asyncio
+    import logging
+    import time
+
+    from app import tasks
+
+    runs: list[str] = []
+
+    async def run_worker(rt: Any, *, name: str) -> None:
+        runs.append(name)
+        if len(runs) == 1:
+            raise RuntimeError("listener lost")
+        if len(runs) == 2:
+            return  # stopped by itself
+        await asyncio.Event().wait()  # runs until cancelled
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(tasks, "run_worker", run_worker)
+    caplog.set_level(logging.ERROR, logger="app.tasks")
+    worker = asyncio.create_task(tasks.run_worker_forever(object(), name="w", sleep=sleep))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while len(runs) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert runs == ["w", "w", "w"]
+    assert len(waits) == 2 and 0.5 <= waits[0] <= 1.0 and 0.5 <= waits[1] <= 2.0  # Backoff(1 s, 30 s), floor 0.5
+    restarts = [r for r in caplog.records if r.getMessage() == "worker stopped; restarting"]
+    assert [r.error for r in restarts] == ["RuntimeError: listener lost", "stopped"]  # type: ignore[attr-defined]
+    assert [r.retry_in for r in restarts] == waits  # type: ignore[attr-defined]
