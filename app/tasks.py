@@ -26,8 +26,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, ret
 from app import access_jobs, jobs
 from app.config import Settings
 from app.errors import ConfigurationError
-from app.jobs import hand_back_stalled_page
-from app.queue import MAINTENANCE_QUEUE, PAGES_QUEUE, TaskSpec, declared_tasks, recover_stalled
+from app.jobs import recover_stalled_jobs
+from app.queue import MAINTENANCE_QUEUE, PAGES_QUEUE, TaskSpec, declared_tasks
 from app.retry import Backoff
 
 if TYPE_CHECKING:
@@ -115,11 +115,7 @@ async def run_worker(rt: Runtime, *, name: str = "worker") -> None:
         "shutdown_graceful_timeout": WORKER_DRAIN_SECONDS,
         "additional_context": runtime_context(rt),
     }
-    await recover_stalled(
-        rt.queue,
-        stalled_after=settings.worker_heartbeat_seconds * 3,
-        hand_back_page=lambda conn, job: hand_back_stalled_page(rt, conn, job),
-    )
+    await recover_stalled_jobs(rt)  # never raises
     await rt.queue.run_worker_async(**options)
 
 
