@@ -58,6 +58,9 @@ DF_CAP = 1000
 #: The table size used for IDF: the planner's estimate, or before the first ANALYZE a count up to this many
 #: rows (exact enough, and bounded in cost).
 N_CAP = 20_000
+#: A word in at least this share of all rows is counted for a person by reading rows in table order rather
+#: than on the GIN index (`_VIEWER_STATISTICS`); the count is the same either way.
+DENSE_SHARE = 0.2
 #: A lexical hit must score at least this fraction of the best lexical score.
 LEXICAL_FLOOR = 0.5
 
@@ -213,14 +216,15 @@ async def search(
         "field_tie": tuning.field_tie,
         "df_cap": DF_CAP,
         "n_cap": N_CAP,
+        "dense_share": DENSE_SHARE,
         "relation": f"data_{table}",
         "floor": LEXICAL_FLOOR,
     }
     try:
         async with pool.connection() as conn, conn.transaction():
-            # SET cannot take bind parameters; set_config(..., true) is SET LOCAL that can.
             if principals is not None:  # both statements below see one snapshot of the access records
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # SET cannot take bind parameters; set_config(..., true) is SET LOCAL that can.
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             if principals is not None:  # once per query: the viewer's spaces and what blocks them
                 viewer = await conn.execute(
@@ -228,9 +232,12 @@ async def search(
                     {"p": params["principals"]},
                 )
                 params["spaces"], params["blocked"] = await viewer.fetchone() or ([], [])
+            # A person's filter alone keeps the unfiltered `ef_search`: most rows pass it, and the iterative scan
+            # walks on until `limit` rows do (measured at 100k chunks, bench/permission_search.py: recall@10
+            # 0.998 for vector and 1.000 for hybrid, as with 2.5x and 2x the value, at a third of the scan time).
             await conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true)",
-                (str(ef_search_for(limit, filtered=bool(space or label or principals is not None))),),
+                (str(ef_search_for(limit, filtered=bool(space or label))),),
             )
             cur = conn.cursor(row_factory=dict_row)
             # Never a cached generic plan: the best plan depends on k and on how common the query words are.
@@ -261,6 +268,26 @@ async def _vector_type(pool: AsyncConnectionPool, table: str) -> str:
     return _VECTOR_TYPES[table]
 
 
+#: The permission rule for one row, the fast form of SQL `cv_may_read` (as `cv_page_visible`, which direct SQL
+#: readers call): the row's page has an access record in one of the viewer's spaces (`%(spaces)s`) and no id
+#: on its path is among the content that blocks the viewer (`%(blocked)s`, restricted without admitting them
+#: or not established), both computed once per query. Written out here rather than calling
+#: `cv_page_visible`: `path && blocked` compares every pair of elements, ~20 µs a row with the 182 blocked
+#: ids of a typical person at 100k chunks (bench/permission_search.py), 18 ms per query word when counting a
+#: word's readable rows; bound as a constant, `= ANY (blocked)` is hashed once by Postgres (14+), so each path
+#: element costs a hash probe: ~4 µs a row. A scalar sub-select (one row at most: page_id is the key; none
+#: is false), not EXISTS: the planner would turn an EXISTS into a semi-join or a hash of every page in the
+#: viewer's spaces, work per query in proportion to the wiki (measured 6 ms at 5,000 pages) instead of to the
+#: rows a scan touches.
+_VISIBLE = sql.SQL(
+    """COALESCE((
+            SELECT pa.space_key = ANY (%(spaces)s::text[])
+                   AND NOT EXISTS (SELECT 1 FROM unnest(pa.path) AS x(id) WHERE x.id = ANY (%(blocked)s::text[]))
+            FROM cv_page_access AS pa WHERE pa.page_id = {a}.metadata_ ->> 'ref_doc_id'
+        ), false)"""
+)
+
+
 def _filters(
     alias: str, *, space: str | None, label: str | None, principals: frozenset[str] | None = None
 ) -> sql.Composable:
@@ -272,12 +299,8 @@ def _filters(
         conditions.append(sql.SQL("{a}.metadata_ ->> 'space_key' = %(space)s").format(a=a))
     if label is not None:
         conditions.append(sql.SQL("{a}.metadata_ -> 'labels' ? %(label)s").format(a=a))
-    if principals is not None:  # the permission rule (cv_may_read, fast form) per candidate row inside the scan
-        conditions.append(
-            sql.SQL("cv_page_visible({a}.metadata_ ->> 'ref_doc_id', %(spaces)s::text[], %(blocked)s::text[])").format(
-                a=a
-            )
-        )
+    if principals is not None:  # the permission rule per candidate row inside the scan (`_VISIBLE`)
+        conditions.append(_VISIBLE.format(a=a))
     return sql.SQL(" AND ").join(conditions)
 
 
@@ -363,23 +386,63 @@ _TABLE_STATISTICS = """total AS (
             FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS lexeme
         )"""
 
-#: The same statistics counted only over rows the viewer may read (`cv_page_visible`, the filter the scans
-#: use). Counted over the whole table they would let a word in a page the viewer cannot read change the
-#: rarity weights, hence the scores and order of pages they can read: anyone could test whether a restricted
-#: page contains a word (issue 12: "results never reveal a page the person cannot read"). Document counts stop
-#: at `DF_CAP` as the service account's do. The table size is the constant `N_CAP`, what the service account
+#: The same statistics counted only over rows the viewer may read (`_VISIBLE`, the filter the scans use).
+#: Counted over the whole table they would let a word in a page the viewer cannot read change the rarity
+#: weights, hence the scores and order of pages they can read: anyone could test whether a restricted page
+#: contains a word (issue 12: "results never reveal a page the person cannot read"). Document counts stop at
+#: `DF_CAP` as the service account's do. The table size is the constant `N_CAP`, what the service account
 #: uses on any table past that size: counting the rows a person may read meant a filtered scan of up to
-#: `N_CAP` rows per query (measured: p50 695 ms against 112 ms unfiltered at 20k chunks), and IDF needs only
-#: a scale that is the same for every word.
+#: `N_CAP` rows per query, and IDF needs only a scale that is the same for every word.
+#:
+#: Each count is min(readable rows holding the word, `DF_CAP`), however it is taken; three plans give it, and
+#: the planner's statistics over the whole table (`common`, pg_stats' most common elements) only choose the
+#: cheapest, never the number:
+#:
+#: * a word in at least `DENSE_SHARE` of all rows ("err" of "ERR-4711" is in every row of a log-heavy wiki):
+#:   rows in table order until `DF_CAP` readable ones match, ~DF_CAP / share rows, instead of a GIN bitmap of
+#:   every row holding it (measured at 100k rows: ~15 ms for the bitmap alone);
+#: * another common word: the GIN index;
+#: * a word absent from those statistics (rare): the GIN index, testing each row with `_VISIBLE`'s probe.
+#:
+#: The first two test rows against the viewer's readable pages computed once (`readable`, SQL
+#: `cv_viewer_pages`: ~5 ms at 5,000 pages, materialized only when such a word is counted) with a hash probe,
+#: ~1.6 µs a row, where `_VISIBLE`'s probe costs 4-14 µs and a common word tests over a thousand rows. IS TRUE
+#: keeps the planner from making the `IN` a semi-join.
 _VIEWER_STATISTICS = """total AS (SELECT %(n_cap)s::float8 AS n),
+        readable AS MATERIALIZED (
+            SELECT v.page FROM cv_viewer_pages(%(spaces)s::text[], %(blocked)s::text[]) AS v(page)
+        ),
+        common AS MATERIALIZED (
+            SELECT e.elem, e.share
+            FROM pg_stats AS s JOIN pg_class AS c ON c.oid = %(relation)s::regclass
+            JOIN pg_namespace AS ns ON ns.oid = c.relnamespace,
+            unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(elem, share)
+            WHERE s.schemaname = ns.nspname AND s.tablename = c.relname AND s.attname = {column_name}
+        ),
+        words AS MATERIALIZED (
+            SELECT phraseto_tsquery('simple', w.lexeme) AS tsq,
+                   COALESCE((SELECT common.share FROM common WHERE common.elem = w.lexeme), 0) AS share
+            FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS w(lexeme)
+        ),
         terms AS MATERIALIZED (
-            SELECT phraseto_tsquery('simple', lexeme) AS tsq,
-                   (SELECT count(*) FROM (
-                        SELECT 1 FROM {t} AS d
-                        WHERE d.{column} @@ phraseto_tsquery('simple', lexeme) AND {visible}
-                        LIMIT %(df_cap)s) AS hits
-                   )::float8 AS df
-            FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS lexeme
+            SELECT w.tsq,
+                   CASE WHEN w.share >= %(dense_share)s
+                        THEN (SELECT count(*) FROM (
+                                 SELECT 1 FROM {t} AS d
+                                 WHERE COALESCE(d.{column}, ''::tsvector) @@ w.tsq AND d.embedding IS NOT NULL
+                                   AND (d.metadata_ ->> 'ref_doc_id' IN (SELECT v.page FROM readable AS v)) IS TRUE
+                                 LIMIT %(df_cap)s) AS hits)
+                        WHEN w.share > 0
+                        THEN (SELECT count(*) FROM (
+                                 SELECT 1 FROM {t} AS d
+                                 WHERE d.{column} @@ w.tsq AND d.embedding IS NOT NULL
+                                   AND (d.metadata_ ->> 'ref_doc_id' IN (SELECT v.page FROM readable AS v)) IS TRUE
+                                 LIMIT %(df_cap)s) AS hits)
+                        ELSE (SELECT count(*) FROM (
+                                 SELECT 1 FROM {t} AS d WHERE d.{column} @@ w.tsq AND {visible}
+                                 LIMIT %(df_cap)s) AS hits)
+                   END::float8 AS df
+            FROM words AS w
         )"""
 
 
@@ -463,7 +526,9 @@ def _statistics(table: str, principals: frozenset[str] | None) -> sql.Composed:
             t=t, column=column, column_name=sql.Literal(SEARCH_COLUMN), config=config
         )
     visible = _filters("d", space=None, label=None, principals=principals)
-    return sql.SQL(_VIEWER_STATISTICS).format(t=t, column=column, config=config, visible=visible)
+    return sql.SQL(_VIEWER_STATISTICS).format(
+        t=t, column=column, column_name=sql.Literal(SEARCH_COLUMN), config=config, visible=visible
+    )
 
 
 #: The fused score of a row of `semantic` (s) FULL JOIN `lexical` (l); a ranking that did not find the row adds 0.

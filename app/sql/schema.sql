@@ -156,3 +156,18 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         WHERE a.page_id = page AND a.space_key = ANY (spaces) AND NOT a.path && blocked
     )
 $$;
+
+-- The pages a viewer may read, as one set (cv_page_visible for every stored page): for a scan that tests
+-- thousands of rows, /search computes it once into a MATERIALIZED CTE and tests each row with a hashed `IN`,
+-- ~1.6 µs a row against ~4 µs for a per-row probe of cv_page_access (more under load), at a cost of ~6 ms
+-- per query at 5,000 pages. The pages under a blocking id are found through the GIN index on path, one probe
+-- per blocked id: `path && blocked` on every row compares every pair of elements. A page without an access
+-- record is not in the set: fail closed, as cv_may_read.
+CREATE OR REPLACE FUNCTION cv_viewer_pages(spaces TEXT[], blocked TEXT[]) RETURNS SETOF TEXT
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT a.page_id FROM cv_page_access AS a
+    WHERE a.space_key = ANY (spaces)
+      AND a.page_id NOT IN (
+          SELECT h.page_id FROM unnest(blocked) AS b(id) JOIN cv_page_access AS h ON h.path @> ARRAY[b.id]
+      )
+$$;
