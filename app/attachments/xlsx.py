@@ -40,6 +40,10 @@ def to_markdown(data: bytes, max_chars: int) -> str:
                 hidden += 1
                 continue
             rows: list[list[str]] = []
+            # The sheet's declared `<dimension>` is the writer's claim, not its cells: read-only `iter_rows`
+            # pads every row to it and yields every row up to it, so a 1 KB file declaring `A1:XFD1048576`
+            # made 17 billion empty cells (the whole extraction timeout, nothing indexed). Rows as stored.
+            sheet.reset_dimensions()
             for row in sheet.iter_rows():
                 cells = [_show(cell) for cell in row]
                 while cells and not cells[-1]:
