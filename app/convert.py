@@ -470,10 +470,16 @@ def _markdown_table(grid: list[list[list[str]]]) -> list[str]:
 def _record_table(grid: list[list[list[str]]], *, indent: bool = True) -> list[str]:
     """Wide tables: `header: value` per non-empty cell, one paragraph per row (the header row alone if that
     is all there is). A value's further lines are indented two spaces unless `indent` is False (past
-    `MAX_NESTING`: records nested in records would otherwise indent every line once per level)."""
+    `MAX_NESTING`: records nested in records would otherwise indent every line once per level).
+
+    A header whose column is empty in every later row is given once, first: its text is page content (a
+    nested table's first row, a merged cell holding a table that its spans do not copy), and dropping it
+    took that text out of the index."""
     pad = "  " if indent else ""
     keys = [_unbold(" ".join(line.strip() for line in c)) or f"Column {i + 1}" for i, c in enumerate(grid[0])]
-    records = []
+    used = {i for cells in grid[1:] for i, cell in enumerate(cells) if cell}
+    unused = [key for i, (key, c) in enumerate(zip(keys, grid[0], strict=True)) if i not in used and c]
+    records = [escape_line_starts("\n".join(unused))] if unused and len(grid) > 1 else []
     for cells in grid[1:]:
         lines: list[str] = []
         for key, cell in zip(keys, cells, strict=True):
