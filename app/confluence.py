@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -133,6 +134,27 @@ class DownloadTooLarge(Exception):
     def __init__(self, seen: int, limit: int) -> None:
         super().__init__(f"larger than {limit} bytes (at least {seen})")
         self.seen, self.limit = seen, limit
+
+
+class DownloadUndecodable(Exception):
+    """A download whose `Content-Encoding` we cannot decode within the byte cap (an unknown or stacked
+    encoding, or a corrupt compressed stream): the file is skipped, like a corrupt one."""
+
+
+def _bounded_decoder(encoding: str) -> Any:
+    """A zlib decompressor for the response's `Content-Encoding` (None for identity).
+
+    Why not httpx's own decoding: it inflates one network read at a time without a limit, so a 64 KiB read of a
+    gzip bomb becomes ~64 MiB before any cap is checked. `zlib`'s `max_length` lets `_download_once` inflate
+    only up to the cap. gzip and deflate are the codings HTTP servers apply to arbitrary files (RFC 9110
+    section 8.4.1); `32 + MAX_WBITS` reads both the gzip and the zlib ("deflate") wrappers.
+    Raises DownloadUndecodable for any other coding (br, zstd, stacked codings such as "gzip, gzip")."""
+    coding = encoding.strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)
+    raise DownloadUndecodable(f"unsupported Content-Encoding {encoding!r}")
 
 
 class _Transient(Exception):
@@ -406,17 +428,30 @@ class ConfluenceClient:
     async def _download_once(self, url: str, path: str, max_bytes: int) -> bytes:
         if self._http.auth is None:
             raise ConfluenceCredentialsRejected(f"no Confluence credentials configured: set {self._fix}")
+        # Ask for the bytes as stored; a server (or proxy) that compresses anyway is inflated by a bounded
+        # decoder over the raw stream, never by httpx's unbounded one (`_bounded_decoder`).
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
         try:
-            async with self._gate, self._http.stream("GET", url, headers={"Accept": "*/*"}) as response:
+            async with self._gate, self._http.stream("GET", url, headers=headers) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     self._raise_for_status(response, path)
+                decoder = _bounded_decoder(response.headers.get("Content-Encoding", ""))
                 declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
+                if decoder is None and declared.isdigit() and int(declared) > max_bytes:
                     raise DownloadTooLarge(int(declared), max_bytes)
                 data = bytearray()
-                async for piece in response.aiter_bytes():
-                    data += piece
+                async for piece in response.aiter_raw():
+                    if decoder is None:
+                        data += piece
+                    else:
+                        pending = piece
+                        while pending and len(data) <= max_bytes:
+                            try:
+                                data += decoder.decompress(pending, max_bytes + 1 - len(data))
+                            except zlib.error as exc:
+                                raise DownloadUndecodable(f"corrupt compressed body: {exc}") from exc
+                            pending = decoder.unconsumed_tail
                     if len(data) > max_bytes:
                         raise DownloadTooLarge(len(data), max_bytes)
                 return bytes(data)

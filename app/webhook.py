@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 
 from app.access_jobs import defer_folder_refresh, defer_space_refresh
 from app.comments import comment_container, indexed_comment_page
-from app.deliveries import delivery_digest
+from app.deliveries import delivery_digest, recently_seen
 from app.errors import DatabaseUnavailable, WebhookRejected
 from app.intake import Delivery
 from app.permission_events import (
@@ -212,7 +212,10 @@ def _page_id(content: dict[str, Any]) -> str:
         if len(digits) > _MAX_ID_LENGTH:
             raise WebhookRejected(f"`page.id` is longer than {_MAX_ID_LENGTH} digits", status_code=422)
         if digits.isascii() and digits.isdigit():
-            return digits.lstrip("0") or "0"
+            canonical = digits.lstrip("0")
+            if not canonical:  # "0", "000": no content has id 0, as for the number 0
+                raise WebhookRejected("`page.id` must be positive", status_code=422)
+            return canonical
     raise WebhookRejected("`page.id` must be a number or a string of digits", status_code=422)
 
 
@@ -298,17 +301,21 @@ async def confluence_webhook(request: Request) -> JSONResponse:
     if isinstance(parsed, Ignored):
         metrics.webhook(parsed.event, "ignored")
         return JSONResponse({"status": "ignored", "reason": parsed.reason}, status_code=200)
+    url_event = normalise_event(event) if event else None  # part of the dedupe key (app.deliveries)
+    digest = delivery_digest(body, request.headers, url_event)
+    comment_only = isinstance(parsed, CommentEvent)
     if isinstance(parsed, CommentEvent):
+        # A re-delivery costs no Confluence read: checked before the lookup (the intake checks again when
+        # storing, in its transaction, so two copies racing here still make one job).
+        if await _seen(rt, digest):
+            metrics.webhook(parsed.event, "duplicate")
+            return JSONResponse({"status": "duplicate"}, status_code=200)
         resolved = await _comment_page(rt, parsed)
         if isinstance(resolved, JSONResponse):
             return resolved
         parsed = resolved
 
-    url_event = normalise_event(event) if event else None  # part of the dedupe key (app.deliveries)
-    delivery = Delivery(
-        PageJobRequest(parsed.page_id, parsed.content_type, parsed.event),
-        delivery_digest(body, request.headers, url_event),
-    )
+    delivery = Delivery(PageJobRequest(parsed.page_id, parsed.content_type, parsed.event), digest)
     try:
         outcome = await rt.intake.submit(delivery)
     except Exception as exc:  # never a 202 for unstored work
@@ -321,9 +328,30 @@ async def confluence_webhook(request: Request) -> JSONResponse:
             reason = f"the job could not be stored ({type(exc).__name__})"
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503, headers={"Retry-After": "5"})
     metrics.webhook(parsed.event, outcome)
+    if comment_only:  # never name the page the service account found: see `_COMMENT_ACCEPTED`
+        return JSONResponse(_COMMENT_ACCEPTED, status_code=202)
     if outcome == "duplicate":
         return JSONResponse({"status": "duplicate", "page_id": parsed.page_id}, status_code=200)
     return JSONResponse({"status": "queued", "page_id": parsed.page_id, "event": parsed.event}, status_code=202)
+
+
+#: The one answer to a comment-only event, whether its page was found and queued or nothing knows the comment
+#: (logged, and counted as `unresolved` in the metrics). Its page is looked up with the service account, which
+#: reads restricted pages too: an answer naming the page, or differing between known and unknown ids, would
+#: let anyone who can post to the webhook (it may run without WEBHOOK_SECRET on a private network) map
+#: comment ids to pages they may not read.
+_COMMENT_ACCEPTED = {"status": "accepted", "reason": "the comment's page is queued when Confluence names it"}
+
+
+async def _seen(rt: Any, digest: str) -> bool:
+    """Whether this delivery was accepted within DEDUPE_WINDOW_SECONDS (`app.deliveries.recently_seen`).
+    False when the database cannot say: the intake then answers for the store."""
+    try:
+        async with rt.pool.connection() as conn:
+            return digest in await recently_seen(conn, [digest], rt.settings.dedupe_window_seconds)
+    except Exception as exc:
+        log.warning("cannot check for a re-delivery", extra={"error": repr(exc)})
+        return False
 
 
 #: Seconds a webhook waits for Confluence to name a comment's page (retries included) before answering 503.
@@ -333,7 +361,8 @@ _RESOLVE_TIMEOUT = 10.0
 async def _comment_page(rt: Any, parsed: CommentEvent) -> PageEvent | JSONResponse:
     """The page a comment-only event is about: Confluence's answer (`app.comments.comment_container`), else
     the page whose rows hold the comment (a removed comment: that page's job drops its rows). Neither: a 202
-    "unresolved", logged — nothing of the comment is indexed, so nothing can go stale. Confluence unreachable
+    `_COMMENT_ACCEPTED` all the same, logged and counted `unresolved` — nothing of the comment is indexed, so
+    nothing can go stale. Confluence unreachable
     or slow: 503 with Retry-After, never a 202 for work not stored. Why here and not in a job: the job queue
     is keyed by page, and this lookup is one read for a rare shape of event."""
     try:
@@ -351,8 +380,7 @@ async def _comment_page(rt: Any, parsed: CommentEvent) -> PageEvent | JSONRespon
             "cannot resolve comment's page: Confluence shows no such comment and no indexed page holds it",
             extra={"comment_id": parsed.comment_id, "event": parsed.event},
         )
-        reason = "cannot resolve: no visible page holds this comment, and none of its text is indexed"
-        return JSONResponse({"status": "unresolved", "comment_id": parsed.comment_id, "reason": reason}, 202)
+        return JSONResponse(_COMMENT_ACCEPTED, status_code=202)
     return PageEvent(parsed.event, found[0], found[1])
 
 

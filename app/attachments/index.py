@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.attachments.extract import LEGACY, LEGACY_REASON, Extraction, extract, media_type_of
 from app.config import Settings
-from app.confluence import ConfluenceClient, DownloadTooLarge
+from app.confluence import ConfluenceClient, DownloadTooLarge, DownloadUndecodable
 from app.models import Attachment, Page
 from app.subdocuments import subdocument_nodes
 
@@ -144,6 +144,8 @@ async def _read(client: ConfluenceClient, settings: Settings, attachment: Attach
         data = await client.download(attachment.download_url, cap)
     except DownloadTooLarge as exc:
         return Record(attachment, media_type, "skipped", "too large", str(exc)), 1
+    except DownloadUndecodable as exc:
+        return Record(attachment, media_type, "skipped", "corrupt", str(exc)), 1
     result: Extraction = await extract(
         data,
         media_type,
