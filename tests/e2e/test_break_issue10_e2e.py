@@ -9,6 +9,7 @@ worker nor `todo` for ever, and no job of ours failed for want of a runtime in i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import threading
@@ -129,7 +130,7 @@ def test_connections_dropped_again_and_again_while_pages_change_lose_no_page(
             for pid in pages:
                 webhook(api, pid)
             for pid in pages:
-                ok = poll(lambda pid=pid: settled(db, pid, latest[pid]), 90)
+                ok = poll(functools.partial(settled, db, pid, latest[pid]), 90)
                 assert ok, f"{pid} not at v{latest[pid]}: {job_history(db, pid)}\n{worker.logs()[-3000:]}"
                 assert all("last" in text for text, _ in db.rows(pid))
             assert orphaned_jobs(db, stale_after=10) == []
