@@ -65,6 +65,38 @@ def refuse_nth(fake: FakeConfluence, needle: str, nth: int, status: int) -> None
     fake._fault_for = refuse  # type: ignore[method-assign]
 
 
+def refuse_from(fake: FakeConfluence, needle: str, nth: int, status: int) -> Callable[[], None]:
+    """Answer `status` to the `nth` request whose path contains `needle` and every later one, until the
+    returned function is called (Confluence refusing for a while, then answering again)."""
+    seen = 0
+    refusing = True
+    original: Callable[[str], _Fault | None] = fake._fault_for
+
+    def refuse(path: str) -> _Fault | None:
+        nonlocal seen
+        if needle in path:
+            seen += 1
+            if refusing and seen >= nth:
+                return _Fault(1, status, None, None)
+        return original(path)
+
+    def release() -> None:
+        nonlocal refusing
+        refusing = False
+
+    fake._fault_for = refuse  # type: ignore[method-assign]
+    return release
+
+
+def page_jobs_idle(db_url: str) -> bool:
+    """No page job waiting or running (access re-checks may still wait for their backoff)."""
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND task_name = 'cv:index_page'"
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
 def stored_path(db_url: str, page_id: str) -> list[str] | None:
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT path FROM cv_page_access WHERE page_id = %s", (page_id,)).fetchone()
@@ -100,19 +132,28 @@ def test_a_caller_naming_the_service_account_is_refused(service: Service) -> Non
 
 
 @pytest.mark.parametrize("status", [403, 404])
-def test_a_path_not_read_in_full_hides_the_page_until_the_sync_reads_it(
+def test_a_path_not_read_in_full_hides_the_page_until_it_is_read_again(
     service: Service, wiki: Wiki, db_url: str, status: int
 ) -> None:
     api, env = service
     # A new page under 210, whose root 200 is restricted to p-named and g-sre.
     wiki.fake.put_page("2999", title="ENG page 2999", body=_body("2999", "new"), space_key="ENG", parent_id="210")
     wiki.pages["2999"] = "page"
-    refuse_nth(wiki.fake, "/pages/2999/ancestors", 2, status)
+    # The page fetch reads the breadcrumb (1st ancestors request); the permission client's path read (2nd) and
+    # every later one are refused until released.
+    release = refuse_from(wiki.fake, "/pages/2999/ancestors", 2, status)
     assert api.webhook({"event": "page_created", "page": {"id": 2999}}).status_code == 202
-    wait_until(lambda: stored_path(db_url, "2999") is not None and queue_idle(db_url), timeout=60, what="2999 job")
+    wait_until(
+        lambda: stored_path(db_url, "2999") is not None and page_jobs_idle(db_url), timeout=60, what="2999 job"
+    )
     assert readers(api, wiki, "2999")[0] == set()  # hidden from everyone, the service cannot know the path
-    sync_permissions(env)
-    assert "200" in (stored_path(db_url, "2999") or [])
+    # Confluence answers again: the access re-check (queued by the failure, with backoff) reads the path,
+    # without waiting for the scheduled sync.
+    release()
+    wait_until(lambda: "200" in (stored_path(db_url, "2999") or []), timeout=60, what="2999 path re-read")
+    got, allowed = readers(api, wiki, "2999")
+    assert got == allowed and "p-space" not in got
+    sync_permissions(env)  # and the sync agrees
     got, allowed = readers(api, wiki, "2999")
     assert got == allowed and "p-space" not in got
 
