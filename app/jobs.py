@@ -44,7 +44,7 @@ from app.queue import (
 from app.retry import Backoff
 from app.startup import confluence_configured
 from app.sync import reconcile, reconcile_due
-from app.vector_store import FailureRecord
+from app.vector_store import WORKER_LOST_ERROR, FailureRecord
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -160,10 +160,11 @@ async def hand_back_stalled_page(rt: Runtime, conn: psycopg.AsyncConnection[Any]
     content_type = kind if isinstance(kind, str) else None
     record = await rt.store.record_failure(
         page_id,
-        "the worker stopped while processing the page (no heartbeat)",
+        WORKER_LOST_ERROR,
         permanent=False,
         max_attempts=rt.settings.job_max_attempts,
         conn=conn,
+        worker_lost=True,
     )
     if not record.failed:
         await defer_pages(conn, [PageJobRequest(page_id, content_type, RETRY_EVENT)])

@@ -37,7 +37,7 @@ from app.queue import (
     in_deferral_transaction,
     refresh_queue_statistics,
 )
-from app.vector_store import VectorStore
+from app.vector_store import WORKER_LOST_ERROR, VectorStore
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -252,7 +252,7 @@ async def reconcile(rt: Runtime) -> ReconcileReport:
         if again:
             report.queued_children += (await enqueue_pages(rt.pool, again)).count("queued")
 
-    failed = await _failed_with_rows(rt, RECONCILE_FAILED_CAP)
+    failed = await _failed_to_recheck(rt, RECONCILE_FAILED_CAP)
     if failed:
         report.failed_rechecked = len(failed)
         requests = [PageJobRequest(page_id, content_type, "reconcile_failed") for page_id, content_type in failed]
@@ -296,17 +296,23 @@ async def _held_among(rt: Runtime, ids: Sequence[str]) -> set[str]:
         return {row[0] for row in await cur.fetchall()}
 
 
-async def _failed_with_rows(rt: Runtime, limit: int) -> list[tuple[str, str]]:
+async def _failed_to_recheck(rt: Runtime, limit: int) -> list[tuple[str, str]]:
     """(id, content type) of failed pages to re-check, longest-failed first, at most `limit`: those that still
-    hold vector rows, and those whose last error is a `ServiceFault` (401, the model missing...) whatever their
-    rows. A service fault no longer ends a page (`app.queue.plan_retry`), but a page ended by one before that
-    (its rows deleted) would otherwise never be retried once the operator fixed the fault."""
+    hold vector rows; those whose last error is a `ServiceFault` (401, the model missing...) whatever their
+    rows (a service fault no longer ends a page, `app.queue.plan_retry`, but one ended by it before that
+    would otherwise never be retried once the operator fixed the fault); and those that ran out of attempts
+    on transient errors (an outage: `VectorStore.record_failure`), rows or not, so a page first seen during
+    an outage is indexed once it ends. Not re-checked: a permanent failure without rows (403/404 for the
+    page: its next event brings it back) and a page whose attempts died with their worker (it kills
+    workers; `retry-failed` is the operator's call)."""
     async with rt.pool.connection() as conn:
         cur = await conn.execute(
             """SELECT page_id, content_type FROM cv_pages
-               WHERE status = 'failed' AND (chunk_count > 0 OR split_part(last_error, ':', 1) = ANY(%s))
+               WHERE status = 'failed'
+                 AND (chunk_count > 0 OR split_part(last_error, ':', 1) = ANY(%s)
+                      OR (starts_with(reason, 'gave up after ') AND NOT starts_with(last_error, %s)))
                ORDER BY updated_at LIMIT %s""",
-            (sorted(_service_fault_names()), limit),
+            (sorted(_service_fault_names()), WORKER_LOST_ERROR, limit),
         )
         return [(row[0], row[1]) for row in await cur.fetchall()]
 

@@ -36,6 +36,10 @@ from app.models import Page
 log = logging.getLogger(__name__)
 
 
+#: The error recorded for a page job whose worker died mid-job (`app.jobs.hand_back_stalled_page`).
+WORKER_LOST_ERROR = "the worker stopped while processing the page (no heartbeat)"
+
+
 @dataclass(frozen=True, slots=True)
 class PageState:
     """What we hold for a page (a row of `cv_pages`)."""
@@ -327,17 +331,24 @@ class VectorStore:
         max_attempts: int | None = None,
         conn: AsyncConnection[Any] | None = None,
         service_fault: bool = False,
+        worker_lost: bool = False,
     ) -> FailureRecord:
         """Count a failed attempt at a page and keep its last error visible in `status`.
 
         The count (`cv_pages.attempts`) is the page's consecutive failures, whichever job made them: a retry is
         a new job (see `app.jobs`), so the count must live with the page, not the job. A success resets it
         (`clear_failure`, and every write). When the error is permanent (403, a 404 of the page itself) or the
-        count reaches `max_attempts`, the page is recorded `failed` and its rows are DELETED in the same
-        transaction: a page we can no longer read must not stay searchable with old, possibly now forbidden,
-        content. A page already `failed` starts a fresh count: a job for it comes from a new event or a
-        reconciliation, and deserves a full set of attempts. On `conn` (inside the caller's transaction) when
-        given, else in a transaction of its own.
+        count reaches `max_attempts`, the page is recorded `failed`. Its rows are DELETED in the same transaction
+        when the error is permanent (a page we can no longer read must not stay searchable with old, possibly
+        now forbidden, content) or when the attempts were lost with their worker (`worker_lost`: a page that
+        kills its worker is not retried by reconciliation, see `app.sync`). A page that ran out of attempts on
+        transient errors (an outage of Confluence or Ollama: nothing says anything about the page) KEEPS its
+        rows, searchable at their last good version as through any outage; reconciliation re-checks it each
+        interval (`app.sync._failed_to_recheck`), so it comes back by itself once the outage ends. Who may read
+        it is decided at query time from the access tables, which an outage of the page job does not freeze.
+        A page already `failed` starts a fresh count: a job for it comes from a new event or a reconciliation,
+        and deserves a full set of attempts. On `conn` (inside the caller's transaction) when given, else in a
+        transaction of its own.
 
         `service_fault` (an `app.errors.ServiceFault`: credentials refused, the embedding model missing...) is
         never final, whatever `permanent` and the count say: the fault is the service's, not the page's, so the
@@ -347,8 +358,10 @@ class VectorStore:
         """
         if conn is None:
             async with self.pool.connection() as own, own.transaction():
-                return await self._record_failure(own, page_id, error, permanent, max_attempts, service_fault)
-        return await self._record_failure(conn, page_id, error, permanent, max_attempts, service_fault)
+                return await self._record_failure(
+                    own, page_id, error, permanent, max_attempts, service_fault, worker_lost
+                )
+        return await self._record_failure(conn, page_id, error, permanent, max_attempts, service_fault, worker_lost)
 
     async def _record_failure(
         self,
@@ -358,6 +371,7 @@ class VectorStore:
         permanent: bool,
         max_attempts: int | None,
         service_fault: bool = False,
+        worker_lost: bool = False,
     ) -> FailureRecord:
         stored = await self._lock_page(conn, page_id)
         previous = stored.attempts if stored is not None and stored.status != "failed" else 0
@@ -372,6 +386,14 @@ class VectorStore:
                 (error[:2000], attempts, page_id),
             )
             return FailureRecord(attempts=attempts, failed=False)
+        if not permanent and not worker_lost:  # out of attempts in an outage: failed, rows kept (see above)
+            await conn.execute(
+                """UPDATE cv_pages SET status = 'failed', reason = %s, last_error = %s, attempts = %s,
+                          updated_at = now()
+                   WHERE page_id = %s""",
+                (f"gave up after {attempts} attempts", error[:2000], attempts, page_id),
+            )
+            return FailureRecord(attempts=attempts, failed=True, removed=0)
         cur = await conn.execute(
             sql.SQL("DELETE FROM {t} WHERE metadata_ ->> 'ref_doc_id' = %s").format(t=self._t), (page_id,)
         )

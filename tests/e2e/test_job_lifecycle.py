@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from app.vector_store import VectorStore
+from app.vector_store import WORKER_LOST_ERROR, VectorStore
 from tests.conftest import make_settings
 from tests.e2e.conftest import Db, page_body
 from tests.e2e.harness import Api, Service, running, wait_until
@@ -101,12 +101,13 @@ def test_retryable_failure_while_a_newer_job_waits_does_not_freeze_the_page(
 
 
 @pytest.mark.parametrize(("status", "reason"), [(403, "permanent error"), (503, "gave up after 3 attempts")])
-def test_page_that_fails_for_good_holds_no_rows(
+def test_page_that_fails_for_good_holds_no_rows_unless_an_outage_ended_it(
     env: dict[str, str], tmp_path: Path, confluence: FakeConfluence, db: Db, status: int, reason: str
 ) -> None:
-    """An indexed page whose next fetches answer 403 (permanent) or 503 until JOB_MAX_ATTEMPTS ends `failed`,
-    with its old rows deleted (no longer searchable) and the reason in its state; the last job ends `failed`,
-    none is left waiting."""
+    """An indexed page whose next fetches answer 403 (permanent) or 503 until JOB_MAX_ATTEMPTS ends `failed`
+    with the reason in its state; the last job ends `failed`, none is left waiting. A 403 deletes its old rows
+    (no longer searchable); 503s (an outage, nothing said about the page) keep them at their last good
+    version, and reconciliation re-checks the page (`app.sync._failed_to_recheck`)."""
     pid = "5401"
     edit(confluence, pid, "v1")
     env = {**env, "CONFLUENCE_MAX_RETRIES": "0", "JOB_MAX_ATTEMPTS": "3"}
@@ -123,9 +124,12 @@ def test_page_that_fails_for_good_holds_no_rows(
             what=f"page failed; jobs={page_jobs(db, pid)}",
         )
     state = db.state(pid)
-    assert state is not None and state["reason"] == reason and state["chunk_count"] == 0, state
+    assert state is not None and state["reason"] == reason, state
     assert str(status) in (state["last_error"] or ""), state
-    assert db.rows(pid) == []
+    if status == 403:
+        assert state["chunk_count"] == 0 and db.rows(pid) == [], state
+    else:
+        assert state["chunk_count"] > 0 and len(db.rows(pid)) == state["chunk_count"], state
     assert jobs_by_status(db).get("failed", 0) == 1
 
 
@@ -264,7 +268,7 @@ async def test_permanent_failure_removes_the_page_rows_and_keeps_the_reason(pool
     assert state.last_error == "ConfluenceAuthError: 403" and state.reason == "permanent error"
 
 
-async def test_attempts_carry_across_jobs_until_max_then_failed_without_rows(pool: Any) -> None:
+async def test_attempts_carry_across_jobs_until_max_then_failed_with_rows_kept(pool: Any) -> None:
     store = VectorStore(pool, "confluence")
     await write(store, make_page(1), ["alpha"])
     first = await store.record_failure("42", "ConfluenceUnavailable: 429", permanent=False, max_attempts=3)
@@ -274,14 +278,27 @@ async def test_attempts_carry_across_jobs_until_max_then_failed_without_rows(poo
     state = await store.page_state("42")
     assert state is not None and state.status == "indexed" and state.attempts == 2
     third = await store.record_failure("42", "ConfluenceUnavailable: 429", permanent=False, max_attempts=3)
-    assert third.failed and third.attempts == 3 and await store.count_rows("42") == 0
+    assert third.failed and third.attempts == 3
+    assert await store.count_rows("42") == 1, "an outage says nothing about the page: its rows stay"
     state = await store.page_state("42")
     assert state is not None and state.status == "failed" and state.reason == "gave up after 3 attempts"
+    assert state.chunk_count == 1
     # A new event for a failed page gets a fresh set of attempts (and shows as pending while retrying).
     again = await store.record_failure("42", "ConfluenceUnavailable: 503", permanent=False, max_attempts=3)
     assert (again.attempts, again.failed) == (1, False)
     state = await store.page_state("42")
     assert state is not None and state.status == "pending"
+
+
+async def test_attempts_lost_with_their_worker_end_the_page_without_rows(pool: Any) -> None:
+    """A page that kills its worker every time (`hand_back_stalled_page`) is ended without rows, and is not
+    re-checked by reconciliation (it would kill workers again each interval)."""
+    store = VectorStore(pool, "confluence")
+    await write(store, make_page(1), ["alpha"])
+    for _ in range(2):
+        await store.record_failure("42", WORKER_LOST_ERROR, permanent=False, max_attempts=3, worker_lost=True)
+    last = await store.record_failure("42", WORKER_LOST_ERROR, permanent=False, max_attempts=3, worker_lost=True)
+    assert last.failed and last.removed == 1 and await store.count_rows("42") == 0
 
 
 async def test_success_clears_the_failure_count(pool: Any) -> None:

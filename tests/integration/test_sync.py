@@ -12,6 +12,7 @@ from app import sync
 from app.queue import INDEX_PAGE
 from app.runtime import Runtime
 from app.sync import backfill, get_state, reconcile, reconcile_due, set_state
+from app.vector_store import WORKER_LOST_ERROR
 from tests.conftest import make_settings
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.ollama import FakeOllama
@@ -237,3 +238,25 @@ async def test_events_that_change_restrictions_or_place_invalidate_the_client_ca
     for event in ("content_permissions_updated", "page_moved", None, "page_created"):
         await process_page(rt, "700", "page", event)
     assert invalidated == ["700", "700"]
+
+
+async def test_reconcile_rechecks_pages_an_outage_ended_but_not_pages_that_kill_workers(rt: Runtime) -> None:
+    """A page first seen during an outage ran out of attempts on transient errors without ever holding rows:
+    re-checked, so it is indexed once the outage ends. A page whose attempts died with their worker is not
+    (it would kill workers again each interval), nor one ended by a permanent error without rows."""
+    await _hold(rt, ["711", "712", "713"], status="failed", chunks=0)
+    async with rt.pool.connection() as conn:
+        for page_id, reason, error in [
+            ("711", "gave up after 12 attempts", "EmbeddingUnavailable: Ollama unreachable"),
+            ("712", "gave up after 12 attempts", WORKER_LOST_ERROR),
+            ("713", "permanent error", "ConfluenceAuthError: Confluence forbade GET /wiki/api/v2/pages/713 (403)"),
+        ]:
+            await conn.execute(
+                "UPDATE cv_pages SET reason = %s, last_error = %s WHERE page_id = %s", (reason, error, page_id)
+            )
+    await _checkpoint(rt)
+
+    report = await reconcile(rt)
+
+    assert {k: v for k, v in (await _queued(rt)).items() if k.startswith("71")} == {"711": "reconcile_failed"}
+    assert report.failed_rechecked == 1
