@@ -169,11 +169,16 @@ async def save_page_access(conn: AsyncConnection[Any], access: PageAccess, *, re
 
     Any path id without a restriction row gets a not-established one (it denies until read):
     `cv_page_visible`, the fast form of the rule used by search, relies on every path id having a row. The
-    placeholder is dated -infinity, so any real answer replaces it."""
+    placeholder is dated -infinity, so any real answer replaces it. The rows are also locked until the caller's
+    transaction ends (DO UPDATE ... WHERE false updates nothing but locks every conflicting row, PostgreSQL
+    "INSERT ... ON CONFLICT"; DO NOTHING locks none): a writer that deletes a row no stored path names
+    (`drop_unnamed_restrictions`, `forget_page_access`) would otherwise check before this path commits and
+    delete the row it names, and the fast forms read a path id without a row as unrestricted (a leak)."""
     await conn.execute(
         """INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
-           SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity' ON CONFLICT (content_id) DO NOTHING""",
-        (list(distinct_path(access.path)),),
+           SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity'
+           ON CONFLICT (content_id) DO UPDATE SET content_id = EXCLUDED.content_id WHERE false""",
+        (sorted(distinct_path(access.path)),),
     )
     cur = await conn.execute(
         """INSERT INTO cv_page_access (page_id, space_key, path, updated_at)
@@ -185,6 +190,27 @@ async def save_page_access(conn: AsyncConnection[Any], access: PageAccess, *, re
         (access.page_id, access.space_key, list(distinct_path(access.path)), read_at),
     )
     return await cur.fetchone() is not None
+
+
+async def drop_unnamed_restrictions(conn: AsyncConnection[Any], content_ids: Sequence[str]) -> None:
+    """Delete the restriction rows of `content_ids` that no stored path names (path-unread markers once read).
+
+    Must run inside a transaction. The rows are locked first, and the check is a later statement (a new
+    snapshot under READ COMMITTED): `save_page_access` locks the rows its path names until it commits, so either
+    its path is visible to the check, or it waits and re-inserts a not-established row after the delete. One
+    DELETE ... WHERE NOT EXISTS would check in the snapshot taken before it waited, and delete a row a path
+    committed meanwhile names: the fast forms of the rule would then read that id as unrestricted."""
+    cur = await conn.execute(
+        "SELECT content_id FROM cv_restrictions WHERE content_id = ANY (%s) ORDER BY content_id FOR UPDATE",
+        (list(content_ids),),
+    )
+    locked = [str(r[0]) for r in await cur.fetchall()]
+    if locked:
+        await conn.execute(
+            """DELETE FROM cv_restrictions AS r WHERE r.content_id = ANY (%s)
+               AND NOT EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.path @> ARRAY[r.content_id])""",
+            (locked,),
+        )
 
 
 async def read_started(conn: AsyncConnection[Any]) -> datetime:

@@ -135,11 +135,7 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
         moved = written and previous is not None and tuple(previous) != path
         if moved:  # also when the previous path was not read in full: its marker leaves the subtree's paths
             await _rewrite_descendant_paths(conn, page.id, path, page.space_key)
-        await conn.execute(
-            """DELETE FROM cv_restrictions WHERE content_id = %(m)s
-               AND NOT EXISTS (SELECT 1 FROM cv_page_access WHERE path @> ARRAY[%(m)s]::text[])""",
-            {"m": marker},
-        )
+        await access.drop_unnamed_restrictions(conn, [marker])
     if errors:
         log.warning("page access not established; hidden from everyone", extra={"page_id": page.id, "error": errors})
     if transient is not None:
@@ -270,11 +266,11 @@ async def sync_permissions(rt: Runtime) -> SyncReport:
         report.not_established += sum(1 for r in batch if r.restricted is None)
     report.paths = await _recheck_paths(rt, PATH_RECHECKS_PER_SYNC)
     async with rt.pool.connection() as conn:
-        await conn.execute(  # markers no stored path names any more (their paths were read since)
-            """DELETE FROM cv_restrictions AS r WHERE starts_with(r.content_id, %s)
-               AND NOT EXISTS (SELECT 1 FROM cv_page_access AS a WHERE a.path @> ARRAY[r.content_id])""",
-            (PATH_UNREAD_PREFIX,),
-        )
+        async with conn.transaction():  # markers no stored path names any more (their paths were read since)
+            cur = await conn.execute(
+                "SELECT content_id FROM cv_restrictions WHERE starts_with(content_id, %s)", (PATH_UNREAD_PREFIX,)
+            )
+            await access.drop_unnamed_restrictions(conn, [str(r[0]) for r in await cur.fetchall()])
         await conn.execute(
             """INSERT INTO cv_state (key, value) VALUES (%s, jsonb_build_object('finished_at', now()))
                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
@@ -519,6 +515,10 @@ async def forget_page_access(rt: Runtime, page_id: str, error: str = "page not r
     first) rather than shown under a restriction we can no longer read."""
     async with rt.pool.connection() as conn, conn.transaction():
         await access.forget_page(conn, page_id)
+        # Locked before the check (a later statement, so a later snapshot): a page job storing a path that
+        # names it either committed first and is seen, or waits and re-inserts a not-established row
+        # (`access.save_page_access`). Deleting a row a stored path names would show that path's page.
+        await conn.execute("SELECT 1 FROM cv_restrictions WHERE content_id = %s FOR UPDATE", (page_id,))
         cur = await conn.execute("SELECT 1 FROM cv_page_access WHERE path @> ARRAY[%s]::text[] LIMIT 1", (page_id,))
         if await cur.fetchone() is not None:  # it guards indexed pages below it
             await access.save_restrictions(conn, [restriction_unknown(page_id, error)])
