@@ -27,7 +27,7 @@ from app.access import (
     save_restrictions,
     save_space,
 )
-from app.access_jobs import forget_page_access
+from app.access_jobs import PageKey, forget_page_access, record_page_access
 from app.search import _VISIBLE
 
 
@@ -105,3 +105,58 @@ async def test_path_id_without_restriction_row_is_hidden_by_fast_forms(pool: Any
         await save_page_access(conn, PageAccess("C", "ENG", ("P", "C")))
         await conn.execute("DELETE FROM cv_restrictions WHERE content_id = 'P'")
     assert await _fast_and_slow(pool, eve, "C") == (False, False, False)
+
+
+class MovingConfluence:
+    """Permission reads of a page that moves: `paths` is what Confluence answers now. The first path read is
+    taken when it arrives and answered only once `release` is set (a slow re-check), so a later job overtakes it."""
+
+    def __init__(self, paths: dict[str, tuple[str, ...]], restrictions: dict[str, Restriction]) -> None:
+        self.paths = paths
+        self.restrictions = restrictions
+        self.path_calls = 0
+        self.first_asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def path(self, page_id: str, content_type: str) -> tuple[str, ...]:
+        self.path_calls += 1
+        snapshot = self.paths[page_id]
+        if self.path_calls == 1:
+            self.first_asked.set()
+            await self.release.wait()
+        return snapshot
+
+    async def restriction(self, content_id: str) -> Restriction:
+        return self.restrictions[content_id]
+
+    async def space_access(self, space_key: str) -> SpaceAccess:
+        return SpaceAccess(space_key, frozenset({"group:staff"}))
+
+
+async def test_slow_recheck_of_old_path_does_not_undo_a_move_under_a_restriction(pool: Any) -> None:
+    """Page 7 sits under open page 3; a re-check reads its path ([3, 7]) slowly; meanwhile 7 is moved under
+    board-only page 5 and its page job stores [5, 7]. The re-check's answer, read before the move, arrives last:
+    it must not put back [3, 7] (`save_page_access` read_at), or eve reads 7 again."""
+    eve = person_principals("eve", ["staff"])
+    confluence = MovingConfluence(
+        {"7": ("3", "7")},
+        {
+            "3": Restriction("3", False),
+            "5": Restriction("5", True, frozenset({"group:board"})),
+            "7": Restriction("7", False),
+        },
+    )
+    rt = SimpleNamespace(pool=pool, permissions=confluence, settings=SimpleNamespace(permission_sync_interval=900))
+    async with pool.connection() as conn:
+        await save_space(conn, SpaceAccess("ENG", frozenset({"group:staff"})))
+        await save_restrictions(conn, list(confluence.restrictions.values()))
+        await save_page_access(conn, PageAccess("7", "ENG", ("3", "7")))
+    key = PageKey("7", "ENG", "page")
+    stale = asyncio.create_task(record_page_access(rt, key))  # type: ignore[arg-type]
+    await asyncio.wait_for(confluence.first_asked.wait(), timeout=10)
+    confluence.paths["7"] = ("5", "7")  # moved under the board's page; its page job reads and stores that
+    assert (await record_page_access(rt, key)).established  # type: ignore[arg-type]
+    assert await _fast_and_slow(pool, eve, "7") == (False, False, False)
+    confluence.release.set()
+    await asyncio.wait_for(stale, timeout=10)
+    assert await _fast_and_slow(pool, eve, "7") == (False, False, False)
