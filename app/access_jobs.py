@@ -514,11 +514,12 @@ async def forget_page_access(rt: Runtime, page_id: str, error: str = "page not r
     hidden until their paths are read again (their next job, or the scheduled sync, which re-reads such paths
     first) rather than shown under a restriction we can no longer read."""
     async with rt.pool.connection() as conn, conn.transaction():
-        await access.forget_page(conn, page_id)
         # Locked before the check (a later statement, so a later snapshot): a page job storing a path that
         # names it either committed first and is seen, or waits and re-inserts a not-established row
-        # (`access.save_page_access`). Deleting a row a stored path names would show that path's page.
+        # (`access.save_page_access`). Deleting a row a stored path names would show that path's page. Taken
+        # before the access row, in the order a page job takes the two, so the two never deadlock.
         await conn.execute("SELECT 1 FROM cv_restrictions WHERE content_id = %s FOR UPDATE", (page_id,))
+        await access.forget_page(conn, page_id)
         cur = await conn.execute("SELECT 1 FROM cv_page_access WHERE path @> ARRAY[%s]::text[] LIMIT 1", (page_id,))
         if await cur.fetchone() is not None:  # it guards indexed pages below it
             await access.save_restrictions(conn, [restriction_unknown(page_id, error)])
