@@ -238,8 +238,14 @@ class _Renderer:
         return _join(self.pieces(el))
 
 
+#: A `<` that would open a CommonMark autolink (spec 0.31 §6.5: `<scheme:...>`, scheme 2-32 characters, or
+#: `<user@host>`): page text such as `<p0:>` rendered as a link reading "p0:" (found by hypothesis). Escaped in
+#: text nodes only; the converter's own autolinks (a link whose text is its URL) are written elsewhere.
+_AUTOLINK_START = re.compile(r"<(?=(?:[A-Za-z][A-Za-z0-9+.-]{1,31}:[^\s<>]*|[^\s<>@]+@[^\s<>]+)>)")
+
+
 def _text(text: str | None) -> str:
-    return _WS.sub(" ", text) if text else ""
+    return _AUTOLINK_START.sub(r"\\<", _WS.sub(" ", text)) if text else ""
 
 
 def _join(pieces: list[Rendered]) -> str:

@@ -223,3 +223,11 @@ def test_template_placeholders_are_not_content() -> None:
         '<p>Team: <ac:placeholder ac:type="mention">@mention a person</ac:placeholder>Ops</p>'
     )
     assert storage_to_markdown(body) == "## Owner\n\nTeam: Ops"
+
+
+@pytest.mark.parametrize("text", ["<p0:>", "see <p0:x> here", "mail <ops@example.com> now", "<https://e.x/a>"])
+def test_text_shaped_like_an_autolink_stays_text(text: str) -> None:
+    """Page text `<p0:>` is text, not a link reading "p0:" (hypothesis found it at a line start; the same holds
+    mid-line). The converter's own autolinks (a link whose text is its URL) are unaffected (test above)."""
+    escaped = text.replace("<", "&lt;").replace(">", "&gt;")
+    assert_one_paragraph(storage_to_markdown(f"<p>{escaped}</p>"), text)
