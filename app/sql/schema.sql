@@ -93,6 +93,36 @@ CREATE TABLE IF NOT EXISTS cv_page_access (
 CREATE INDEX IF NOT EXISTS cv_page_access_path_idx ON cv_page_access USING GIN (path);
 CREATE INDEX IF NOT EXISTS cv_page_access_space_idx ON cv_page_access (space_key);
 
+-- The invariant the fast search forms rely on (app/search.py: a path id is blocked only through its
+-- cv_restrictions row): every id on a stored path has a restriction row, a placeholder "not read yet" (denies)
+-- until its restriction is read. Enforced here, not only by the writers' discipline, so no writer, present or
+-- future, can make a path id fail open: a path written without a row gets one, and a row a stored path still
+-- names is never deleted (the DELETE is skipped for that row). The BEFORE DELETE trigger runs after the row is
+-- locked, and its query takes a fresh snapshot, so it sees a path committed by a writer it waited for.
+CREATE OR REPLACE FUNCTION cv_page_access_name_restrictions() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
+    SELECT DISTINCT u.id, NULL::boolean, 'not read yet', '-infinity'::timestamptz FROM unnest(NEW.path) AS u(id)
+    ON CONFLICT (content_id) DO NOTHING;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER cv_page_access_name_restrictions
+    AFTER INSERT OR UPDATE OF path ON cv_page_access
+    FOR EACH ROW EXECUTE FUNCTION cv_page_access_name_restrictions();
+
+CREATE OR REPLACE FUNCTION cv_restrictions_keep_named() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM cv_page_access WHERE path @> ARRAY[OLD.content_id]) THEN
+        RETURN NULL;  -- still named by a stored path: keep the row
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE OR REPLACE TRIGGER cv_restrictions_keep_named
+    BEFORE DELETE ON cv_restrictions
+    FOR EACH ROW EXECUTE FUNCTION cv_restrictions_keep_named();
+
 -- May a person holding the principals `viewer` read page `page`? The one definition of the rule in SQL: /search filters
 -- with it inside the HNSW scan, and direct SQL / LlamaIndex readers should too. STABLE, so Postgres evaluates
 -- it per row within one statement's snapshot.

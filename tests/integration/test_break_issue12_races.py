@@ -15,7 +15,6 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from psycopg import sql
 
 from app.access import (
@@ -89,11 +88,6 @@ async def test_forget_parent_while_child_path_is_written_keeps_child_hidden(pool
     assert (in_set, probed) == (False, False), "C under board-only P is shown to eve by the fast forms"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unfixed (latent): the fast forms read a path id without a cv_restrictions row as unrestricted; "
-    "only the writers' invariant (save_page_access inserts one, deleters lock first) keeps it from leaking",
-)
 async def test_path_id_without_restriction_row_is_hidden_by_fast_forms(pool: Any) -> None:
     """The invariant the fast forms rely on, broken directly (any writer that deletes a restriction row a
     stored path still names, or a path written without `save_page_access`): the fast forms must fail closed
@@ -103,8 +97,16 @@ async def test_path_id_without_restriction_row_is_hidden_by_fast_forms(pool: Any
         await save_space(conn, SpaceAccess("ENG", frozenset({"group:staff"})))
         await save_restrictions(conn, [Restriction("C", False)])
         await save_page_access(conn, PageAccess("C", "ENG", ("P", "C")))
-        await conn.execute("DELETE FROM cv_restrictions WHERE content_id = 'P'")
+        await conn.execute("DELETE FROM cv_restrictions WHERE content_id = 'P'")  # skipped: a path names P
+        # A path written by hand, without save_page_access: its new id gets a denying row all the same.
+        await conn.execute("UPDATE cv_page_access SET path = ARRAY['Q', 'P', 'C'] WHERE page_id = 'C'")
+        cur = await conn.execute("SELECT content_id, restricted FROM cv_restrictions WHERE content_id IN ('P', 'Q')")
+        assert sorted(await cur.fetchall()) == [("P", None), ("Q", None)]
     assert await _fast_and_slow(pool, eve, "C") == (False, False, False)
+    async with pool.connection() as conn:  # once no path names them, the rows can go
+        await conn.execute("DELETE FROM cv_page_access WHERE page_id = 'C'")
+        cur = await conn.execute("DELETE FROM cv_restrictions WHERE content_id IN ('P', 'Q') RETURNING content_id")
+        assert len(await cur.fetchall()) == 2
 
 
 class MovingConfluence:
