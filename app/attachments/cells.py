@@ -8,6 +8,7 @@ Only the parts of a format that change what a value means are applied; grouping 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import date, datetime, time
 
 _ZERO_PAD = re.compile(r"^0+$")
@@ -39,3 +40,19 @@ def show(value: object, number_format: str | None) -> str:
         # .xls stores every number as a float, so 7.0 must show as the 7 the sheet shows.
         return f"{value:.15g}" if isinstance(value, float) else str(value)
     return str(value)
+
+
+def sheet_rows(rows: Iterable[list[str]], used: int, max_chars: int) -> tuple[list[list[str]], int]:
+    """A sheet's non-empty rows (trailing blank cells dropped), read lazily from `rows` until the workbook's
+    character budget is spent; returns them and the budget `used` so far (each cell counted with its `| `
+    separator). Shared by the .xlsx and .xls readers, so both stream and stop the same way."""
+    kept: list[list[str]] = []
+    for cells in rows:
+        while cells and not cells[-1]:
+            cells.pop()
+        if cells:
+            kept.append(cells)
+            used += sum(len(c) + 3 for c in cells)
+        if used >= max_chars:
+            break
+    return kept, used

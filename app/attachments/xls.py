@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import xlrd
 
-from app.attachments.cells import show
+from app.attachments.cells import sheet_rows, show
 from app.attachments.errors import Corrupt, Encrypted
 from app.attachments.markdown import table
 
@@ -37,16 +37,8 @@ def to_markdown(data: bytes, max_chars: int) -> str:
                 hidden += 1
                 book.unload_sheet(index)
                 continue
-            rows: list[list[str]] = []
-            for number in range(sheet.nrows):
-                cells = [_show(book, cell) for cell in sheet.row(number)]
-                while cells and not cells[-1]:
-                    cells.pop()
-                if cells:
-                    rows.append(cells)
-                    size += sum(len(c) + 3 for c in cells)
-                if size >= max_chars:
-                    break
+            cells = ([_show(book, cell) for cell in sheet.row(number)] for number in range(sheet.nrows))
+            rows, size = sheet_rows(cells, size, max_chars)
             if rows:
                 sections.append(f"## {sheet.name}\n\n{table(rows)}")
             book.unload_sheet(index)

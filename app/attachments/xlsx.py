@@ -17,7 +17,7 @@ from lxml import etree
 from openpyxl import load_workbook
 from openpyxl.utils.exceptions import InvalidFileException
 
-from app.attachments.cells import show
+from app.attachments.cells import sheet_rows, show
 from app.attachments.docx import is_encrypted_ooxml
 from app.attachments.errors import Corrupt, Encrypted
 from app.attachments.markdown import table
@@ -39,20 +39,11 @@ def to_markdown(data: bytes, max_chars: int) -> str:
             if sheet.sheet_state != "visible":
                 hidden += 1
                 continue
-            rows: list[list[str]] = []
             # The sheet's declared `<dimension>` is the writer's claim, not its cells: read-only `iter_rows`
             # pads every row to it and yields every row up to it, so a 1 KB file declaring `A1:XFD1048576`
             # made 17 billion empty cells (the whole extraction timeout, nothing indexed). Rows as stored.
             sheet.reset_dimensions()
-            for row in sheet.iter_rows():
-                cells = [_show(cell) for cell in row]
-                while cells and not cells[-1]:
-                    cells.pop()
-                if cells:
-                    rows.append(cells)
-                    size += sum(len(c) + 3 for c in cells)
-                if size >= max_chars:
-                    break
+            rows, size = sheet_rows(([_show(cell) for cell in row] for row in sheet.iter_rows()), size, max_chars)
             if rows:
                 sections.append(f"## {sheet.title}\n\n{table(rows)}")
             if size >= max_chars:
