@@ -6,6 +6,7 @@ state and never pay for the schema twice.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 from app.config import Settings
+from app.runtime import Runtime
 
 _counter = itertools.count()
 
@@ -69,6 +71,16 @@ def make_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(**overrides: object) -> AsyncIterator[Runtime]:
+    """A migrated `Runtime` on `make_settings(**overrides)`, closed on exit (the integration tests' `rt`)."""
+    runtime = await Runtime.open(make_settings(**overrides))
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
 
 
 @pytest.fixture()

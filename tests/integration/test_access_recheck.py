@@ -28,7 +28,7 @@ from app.access_jobs import (
     sync_permissions,
 )
 from app.runtime import Runtime
-from tests.conftest import make_settings
+from tests.conftest import make_settings, open_runtime
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.confluence_permissions import FakePermissions
 
@@ -48,7 +48,7 @@ def fake() -> Iterator[tuple[FakeConfluence, FakePermissions]]:
 @pytest.fixture()
 async def rt(db_url: str, fake: tuple[FakeConfluence, FakePermissions]) -> AsyncIterator[Runtime]:
     confluence, _ = fake
-    settings = make_settings(
+    async with open_runtime(
         database_url=db_url,
         confluence_base_url=confluence.base_url,
         job_max_attempts=4,
@@ -56,12 +56,8 @@ async def rt(db_url: str, fake: tuple[FakeConfluence, FakePermissions]) -> Async
         retry_max_seconds=30.0,
         permission_sync_interval=900,
         **confluence.credentials,
-    )
-    runtime = await Runtime.open(settings)
-    try:
+    ) as runtime:
         yield runtime
-    finally:
-        await runtime.close()
 
 
 async def _rechecks(rt: Runtime) -> list[tuple[str, int, datetime]]:

@@ -17,7 +17,7 @@ import pytest
 from app.queue import INDEX_PAGE, PAGES_QUEUE, PageJobRequest, enqueue_pages
 from app.runtime import Runtime
 from app.tasks import runtime_context
-from tests.conftest import make_settings
+from tests.conftest import open_runtime
 from tests.e2e.conftest import page_body
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.ollama import FakeOllama
@@ -36,7 +36,7 @@ def fakes() -> Iterator[tuple[FakeConfluence, FakeOllama]]:
 @pytest.fixture()
 async def rt(db_url: str, fakes: tuple[FakeConfluence, FakeOllama]) -> AsyncIterator[Runtime]:
     confluence, ollama = fakes
-    settings = make_settings(
+    async with open_runtime(
         database_url=db_url,
         confluence_base_url=confluence.base_url,
         ollama_base_url=ollama.base_url,
@@ -44,12 +44,8 @@ async def rt(db_url: str, fakes: tuple[FakeConfluence, FakeOllama]) -> AsyncIter
         retry_base_seconds=0.05,
         retry_max_seconds=0.2,
         **confluence.credentials,
-    )
-    runtime = await Runtime.open(settings)
-    try:
+    ) as runtime:
         yield runtime
-    finally:
-        await runtime.close()
 
 
 async def _page_jobs(rt: Runtime) -> list[tuple[str, str | None]]:

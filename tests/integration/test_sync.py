@@ -13,7 +13,7 @@ from app.queue import INDEX_PAGE
 from app.runtime import Runtime
 from app.sync import backfill, get_state, reconcile, reconcile_due, set_state
 from app.vector_store import WORKER_LOST_ERROR
-from tests.conftest import make_settings
+from tests.conftest import open_runtime
 from tests.fakes.confluence import FakeConfluence
 from tests.fakes.ollama import FakeOllama
 
@@ -27,18 +27,14 @@ def fakes() -> Iterator[tuple[FakeConfluence, FakeOllama]]:
 @pytest.fixture()
 async def rt(db_url: str, fakes: tuple[FakeConfluence, FakeOllama]) -> AsyncIterator[Runtime]:
     confluence, ollama = fakes
-    settings = make_settings(
+    async with open_runtime(
         database_url=db_url,
         confluence_base_url=confluence.base_url,
         ollama_base_url=ollama.base_url,
         reconcile_interval=600,
         **confluence.credentials,
-    )
-    runtime = await Runtime.open(settings)
-    try:
+    ) as runtime:
         yield runtime
-    finally:
-        await runtime.close()
 
 
 async def _jobs(rt: Runtime) -> int:
