@@ -176,6 +176,7 @@ def vector_index_names(table: str) -> dict[str, str]:
         "space_key": f"{physical}_space_key_idx",
         "embedding": f"{physical}_embedding_idx",
         "search": f"{physical}_search_idx",
+        "search_sample": f"{physical}_sample_search_idx",
     }
     return {role: fit_identifier(name) for role, name in names.items()}
 
@@ -216,6 +217,19 @@ async def embedding_type(conn: psycopg.AsyncConnection[Any], table: str) -> str 
 #: exact-word matching still works on non-English pages (tests/integration/test_search.py has Korean and German).
 TEXT_SEARCH_CONFIG = "english"
 SEARCH_COLUMN = "cv_search_tsv"
+#: One row in `SAMPLE_SCALE` (a power of two) forms the fixed sample a person's document counts of common words
+#: are estimated from (`app.search._VIEWER_STATISTICS`).
+SAMPLE_SCALE = 16
+
+
+def sample_predicate(alias: str | None = None) -> sql.Composed:
+    """The sample: rows whose `node_id` hashes to 0 modulo `SAMPLE_SCALE`. `hashtext` is immutable, so a partial
+    index holds exactly these rows, and a query that repeats this expression (for its own table alias) is
+    proved by the planner to be able to use that index (PostgreSQL docs, 11.8 Partial Indexes)."""
+    column = sql.Identifier(alias, "node_id") if alias else sql.Identifier("node_id")
+    return sql.SQL("(hashtext({c}) & {m}) = 0").format(c=column, m=sql.Literal(SAMPLE_SCALE - 1))
+
+
 SEARCH_DOCUMENT = (
     f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', coalesce(metadata_ ->> 'title', '')), 'A') || "
     f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', coalesce(metadata_ ->> 'header_path', '')), 'B') || "
@@ -251,6 +265,11 @@ async def ensure_vector_table(
         ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin ({c})").format(
             i=names["search"], t=t, c=sql.Identifier(SEARCH_COLUMN)
+        ),
+        # One row in 16 of the same document, on its own: a person's word counts are estimated from it
+        # (app.search `_VIEWER_STATISTICS`).
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin ({c}) WHERE {sample}").format(
+            i=names["search_sample"], t=t, c=sql.Identifier(SEARCH_COLUMN), sample=sample_predicate()
         ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'ref_doc_id'))").format(
             i=names["ref_doc_id"], t=t

@@ -44,7 +44,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from app.db import SEARCH_COLUMN, TEXT_SEARCH_CONFIG, VECTOR_OPS, embedding_type
+from app.db import SAMPLE_SCALE, SEARCH_COLUMN, TEXT_SEARCH_CONFIG, VECTOR_OPS, embedding_type, sample_predicate
 from app.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,13 @@ DF_CAP = 1000
 #: The table size used for IDF: the planner's estimate, or before the first ANALYZE a count up to this many
 #: rows (exact enough, and bounded in cost).
 N_CAP = 20_000
-#: A word in at least this share of all rows is counted for a person by reading rows in table order rather
-#: than on the GIN index (`_VIEWER_STATISTICS`); the count is the same either way.
-DENSE_SHARE = 0.2
 #: A lexical hit must score at least this fraction of the best lexical score.
 LEXICAL_FLOOR = 0.5
+#: A person's document count of a common word is estimated from the fixed sample of one row in `SAMPLE_SCALE`
+#: (`app.db.sample_predicate`, indexed on its own); with fewer readable sample rows than this holding the word,
+#: it is counted exactly instead (an estimate from a handful of rows would be noise, and below ~8 × 16 = 128
+#: rows the exact count is cheap).
+SAMPLE_MIN = 8
 
 
 class Fusion(StrEnum):
@@ -216,7 +218,9 @@ async def search(
         "field_tie": tuning.field_tie,
         "df_cap": DF_CAP,
         "n_cap": N_CAP,
-        "dense_share": DENSE_SHARE,
+        "sample_cap": -(-DF_CAP // SAMPLE_SCALE),
+        "sample_min": SAMPLE_MIN,
+        "sample_scale": SAMPLE_SCALE,
         "relation": f"data_{table}",
         "floor": LEXICAL_FLOOR,
     }
@@ -224,21 +228,19 @@ async def search(
         async with pool.connection() as conn, conn.transaction():
             if principals is not None:  # both statements below see one snapshot of the access records
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            # SET cannot take bind parameters; set_config(..., true) is SET LOCAL that can.
-            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            if principals is not None:  # once per query: the viewer's spaces and what blocks them
-                viewer = await conn.execute(
-                    "SELECT cv_viewer_spaces(%(p)s::text[]), cv_viewer_blocked(%(p)s::text[])",
-                    {"p": params["principals"]},
-                )
-                params["spaces"], params["blocked"] = await viewer.fetchone() or ([], [])
-            # A person's filter alone keeps the unfiltered `ef_search`: most rows pass it, and the iterative scan
-            # walks on until `limit` rows do (measured at 100k chunks, bench/permission_search.py: recall@10
+            # One round trip for the settings and, for a person, their spaces and the content that blocks them
+            # (computed once per query). SET cannot take bind parameters; set_config(..., true) is SET LOCAL that
+            # can. A person's filter alone keeps the unfiltered `ef_search`: most rows pass it, and the iterative
+            # scan walks on until `limit` rows do (measured at 100k chunks, bench/permission_search.py: recall@10
             # 0.998 for vector and 1.000 for hybrid, as with 2.5x and 2x the value, at a third of the scan time).
-            await conn.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true)",
-                (str(ef_search_for(limit, filtered=bool(space or label))),),
+            viewer = "" if principals is None else ", cv_viewer_spaces(%(p)s::text[]), cv_viewer_blocked(%(p)s::text[])"
+            setup = await conn.execute(
+                "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+                " set_config('hnsw.ef_search', %(ef)s, true)" + viewer,
+                {"ef": str(ef_search_for(limit, filtered=bool(space or label))), "p": params["principals"]},
             )
+            if principals is not None:
+                params["spaces"], params["blocked"] = ((await setup.fetchone()) or ([], [], [], []))[2:]
             cur = conn.cursor(row_factory=dict_row)
             # Never a cached generic plan: the best plan depends on k and on how common the query words are.
             await cur.execute(statement, params, prepare=False)
@@ -386,63 +388,44 @@ _TABLE_STATISTICS = """total AS (
             FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS lexeme
         )"""
 
-#: The same statistics counted only over rows the viewer may read (`_VISIBLE`, the filter the scans use).
-#: Counted over the whole table they would let a word in a page the viewer cannot read change the rarity
-#: weights, hence the scores and order of pages they can read: anyone could test whether a restricted page
-#: contains a word (issue 12: "results never reveal a page the person cannot read"). Document counts stop at
-#: `DF_CAP` as the service account's do. The table size is the constant `N_CAP`, what the service account
-#: uses on any table past that size: counting the rows a person may read meant a filtered scan of up to
-#: `N_CAP` rows per query, and IDF needs only a scale that is the same for every word.
+#: The same statistics over only the rows the viewer may read (`_VISIBLE`, the filter the scans use). Counted
+#: over the whole table they would let a word in a page the viewer cannot read change the rarity weights, hence
+#: the scores and order of pages they can read: anyone could test whether a restricted page contains a word
+#: (issue 12: "results never reveal a page the person cannot read"). The table size is the constant `N_CAP`,
+#: what the service account uses on any table past that size (IDF needs only a scale that is the same for
+#: every word).
 #:
-#: Each count is min(readable rows holding the word, `DF_CAP`), however it is taken; three plans give it, and
-#: the planner's statistics over the whole table (`common`, pg_stats' most common elements) only choose the
-#: cheapest, never the number:
+#: A word's document count is a function of the readable rows alone, whatever plan Postgres picks:
 #:
-#: * a word in at least `DENSE_SHARE` of all rows ("err" of "ERR-4711" is in every row of a log-heavy wiki):
-#:   rows in table order until `DF_CAP` readable ones match, ~DF_CAP / share rows, instead of a GIN bitmap of
-#:   every row holding it (measured at 100k rows: ~15 ms for the bitmap alone);
-#: * another common word: the GIN index;
-#: * a word absent from those statistics (rare): the GIN index, testing each row with `_VISIBLE`'s probe.
+#: * `sampled`: the readable rows of the sample (`app.db.sample_predicate`, one row in 16, on its own partial GIN
+#:   index) holding the word, counted up to DF_CAP / 16;
+#: * with at least `SAMPLE_MIN` of them, the count is 16 × that, capped at `DF_CAP` (an estimate, as the
+#:   service account's `pg_stats` figures are);
+#: * with fewer, the word is rare among the rows the viewer reads: counted exactly, up to `DF_CAP`.
 #:
-#: The first two test rows against the viewer's readable pages computed once (`readable`, SQL
-#: `cv_viewer_pages`: ~5 ms at 5,000 pages, materialized only when such a word is counted) with a hash probe,
-#: ~1.6 µs a row, where `_VISIBLE`'s probe costs 4-14 µs and a common word tests over a thousand rows. IS TRUE
-#: keeps the planner from making the `IN` a semi-join.
+#: Counting a common word exactly meant reading ~1,000 readable rows per word from the heap, each tested
+#: against the viewer's readable pages (measured at 100k chunks, bench/permission_search.py: 36 of a 44 ms
+#: person query); the sample reads at most 63 readable rows per word (~80 tested) and the exact count runs
+#: only for words with fewer than ~128 readable rows.
 _VIEWER_STATISTICS = """total AS (SELECT %(n_cap)s::float8 AS n),
-        readable AS MATERIALIZED (
-            SELECT v.page FROM cv_viewer_pages(%(spaces)s::text[], %(blocked)s::text[]) AS v(page)
-        ),
-        common AS MATERIALIZED (
-            SELECT e.elem, e.share
-            FROM pg_stats AS s JOIN pg_class AS c ON c.oid = %(relation)s::regclass
-            JOIN pg_namespace AS ns ON ns.oid = c.relnamespace,
-            unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(elem, share)
-            WHERE s.schemaname = ns.nspname AND s.tablename = c.relname AND s.attname = {column_name}
-        ),
         words AS MATERIALIZED (
-            SELECT phraseto_tsquery('simple', w.lexeme) AS tsq,
-                   COALESCE((SELECT common.share FROM common WHERE common.elem = w.lexeme), 0) AS share
+            SELECT phraseto_tsquery('simple', w.lexeme) AS tsq
             FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS w(lexeme)
         ),
+        sampled AS MATERIALIZED (
+            SELECT w.tsq, (SELECT count(*) FROM (
+                               SELECT 1 FROM {t} AS d WHERE d.{column} @@ w.tsq AND {sample} AND {visible}
+                               LIMIT %(sample_cap)s) AS hits) AS hits
+            FROM words AS w
+        ),
         terms AS MATERIALIZED (
-            SELECT w.tsq,
-                   CASE WHEN w.share >= %(dense_share)s
-                        THEN (SELECT count(*) FROM (
-                                 SELECT 1 FROM {t} AS d
-                                 WHERE COALESCE(d.{column}, ''::tsvector) @@ w.tsq AND d.embedding IS NOT NULL
-                                   AND (d.metadata_ ->> 'ref_doc_id' IN (SELECT v.page FROM readable AS v)) IS TRUE
-                                 LIMIT %(df_cap)s) AS hits)
-                        WHEN w.share > 0
-                        THEN (SELECT count(*) FROM (
-                                 SELECT 1 FROM {t} AS d
-                                 WHERE d.{column} @@ w.tsq AND d.embedding IS NOT NULL
-                                   AND (d.metadata_ ->> 'ref_doc_id' IN (SELECT v.page FROM readable AS v)) IS TRUE
-                                 LIMIT %(df_cap)s) AS hits)
+            SELECT s.tsq,
+                   CASE WHEN s.hits >= %(sample_min)s THEN least(s.hits * %(sample_scale)s, %(df_cap)s)
                         ELSE (SELECT count(*) FROM (
-                                 SELECT 1 FROM {t} AS d WHERE d.{column} @@ w.tsq AND {visible}
+                                 SELECT 1 FROM {t} AS d WHERE d.{column} @@ s.tsq AND {visible}
                                  LIMIT %(df_cap)s) AS hits)
                    END::float8 AS df
-            FROM words AS w
+            FROM sampled AS s
         )"""
 
 
@@ -527,7 +510,7 @@ def _statistics(table: str, principals: frozenset[str] | None) -> sql.Composed:
         )
     visible = _filters("d", space=None, label=None, principals=principals)
     return sql.SQL(_VIEWER_STATISTICS).format(
-        t=t, column=column, column_name=sql.Literal(SEARCH_COLUMN), config=config, visible=visible
+        t=t, column=column, config=config, visible=visible, sample=sample_predicate("d")
     )
 
 

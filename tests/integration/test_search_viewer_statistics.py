@@ -1,25 +1,39 @@
-"""A person's word statistics may be taken by two plans (`app.search._VIEWER_STATISTICS`), chosen by the
-planner's statistics over the whole table, pages the person cannot read included: a word in at least
-`DENSE_SHARE` of all rows is counted by reading rows in table order, any other on the GIN index. The choice
-must never show in the answer. Two worlds differ only in pages Alice may not read: in one, a query word is in
-nearly every row (dense plan), in the other in one row of twelve (index plan); her results must be identical,
-score for score."""
+"""A person's word statistics (`app.search._VIEWER_STATISTICS`) must be a function of the rows they may read, and of
+nothing else, whatever plan Postgres takes:
+
+* a common word's document count is estimated from the readable rows of a fixed 1-in-16 sample
+  (`app.db.sample_predicate`), a rare word's counted exactly; which branch a word takes must depend on the
+  readable rows only, never on how many rows the person cannot read hold the word;
+* two worlds differing only in pages Alice may not read give her identical results, score for score, even when
+  in one of them the unreadable pages put a query word into enough sample rows to change its branch if they
+  were counted;
+* the sample count runs on its own partial index (else a common word reads every row holding it: the slowness
+  that made person search 2.75x the service account's at 100k chunks, bench/permission_search.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
+import pytest
+from pgvector.psycopg import register_vector_async
+from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 
 from app import access
 from app.access import PageAccess, Restriction, SpaceAccess, person_principals
 from app.chunking import chunk_page, embed_text
+from app.db import sample_predicate, vector_index_names
 from app.models import Page
-from app.search import DENSE_SHARE, SearchMode, search
+from app.search import DF_CAP, N_CAP, SAMPLE_MIN, SAMPLE_SCALE, SearchMode, _hybrid_sql, search
 from app.vector_store import VectorStore, metadata_hash
 from tests.fakes import ollama
 
 FILLER = "The quarterly planning notes list owners, dates and the review cadence for the platform team."
-SECRET_PAGES = 30
+#: Enough board pages that their sample rows holding the secret word reach SAMPLE_MIN (asserted, not hoped).
+SECRET_PAGES = 12 * SAMPLE_SCALE
 
 
 class Embedder:
@@ -41,11 +55,10 @@ def _page(pid: str, text: str, title: str = "Notes") -> tuple[Page, str]:
     return page, f"# Notes\n\n{text}"
 
 
-async def _world(pool: Any, secret_word: str) -> float:
-    """Pages 1 and 2 open to staff; board-only pages naming `secret_word`. Page 1 names foocorp in its title
-    and text, page 2 zzuniq in its text: with equal word weights page 1 leads (its title adds `field_tie` of
-    the weight), with 'foocorp' weighted as common as the board's pages make it, page 2 does.
-    Returns the share of all rows holding 'foocorp' in the planner's statistics after ANALYZE."""
+async def _world(pool: Any, secret_word: str | None, common_pages: int = 0) -> None:
+    """Pages 1 and 2 open to staff (page 1 names foocorp in its title and text, page 2 zzuniq in its text);
+    `common_pages` more open pages naming foocorp (so it is common among readable rows too); and, unless
+    `secret_word` is None, board-only pages naming it."""
     async with pool.connection() as conn:
         for table in ("data_confluence", "cv_pages", "cv_page_access", "cv_restrictions", "cv_space_access"):
             await conn.execute(f"DELETE FROM {table}")
@@ -54,9 +67,9 @@ async def _world(pool: Any, secret_word: str) -> float:
         _page("1", f"{FILLER} Mentions foocorp once.", "Foocorp notes"),
         _page("2", f"{FILLER} Mentions zzuniq once."),
     ]
-    pages += [
-        _page(str(100 + i), f"Board minutes: {secret_word} acquisition approved. {i}") for i in range(SECRET_PAGES)
-    ]
+    pages += [_page(str(10_000 + i), f"Open thread {i} about foocorp pricing.") for i in range(common_pages)]
+    if secret_word is not None:
+        pages += [_page(str(100 + i), f"Board minutes: {secret_word} acquisition. {i}") for i in range(SECRET_PAGES)]
     for page, markdown in pages:
         nodes = chunk_page(page, markdown, chunk_size=256, chunk_overlap=0, max_tokens=8192)
         vectors = {n.node_id: ollama.embed_text(embed_text(n)) for n in nodes}
@@ -64,32 +77,93 @@ async def _world(pool: Any, secret_word: str) -> float:
     async with pool.connection() as conn:
         await access.save_space(conn, SpaceAccess("ENG", frozenset({"group:staff"})))
         for page, _ in pages:
-            secret = int(page.id) >= 100
+            secret = 100 <= int(page.id) < 10_000
             await access.save_page_access(conn, PageAccess(page.id, "ENG", (page.id,)))
             board = frozenset({"group:board"}) if secret else frozenset()
             await access.save_restrictions(conn, [Restriction(page.id, secret, board)])
         await conn.execute("ANALYZE data_confluence")
-        cur = await conn.execute(
-            """SELECT e.share FROM pg_stats AS s,
-                   unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(elem, share)
-               WHERE s.tablename = 'data_confluence' AND s.attname = 'cv_search_tsv' AND e.elem = 'foocorp'"""
-        )
-        row = await cur.fetchone()
-    return float(row[0]) if row is not None else 0.0
 
 
-async def test_dense_and_index_plans_give_a_person_the_same_answer(pool: Any) -> None:
+async def _sample_rows_holding(pool: Any, word: str, *, readable_only: bool) -> int:
+    query = sql.SQL(
+        "SELECT count(*) FROM data_confluence AS d WHERE d.cv_search_tsv @@ to_tsquery('simple', %s) AND {s}"
+        + (" AND (d.metadata_ ->> 'ref_doc_id')::int NOT BETWEEN 100 AND 9999" if readable_only else "")
+    ).format(s=sample_predicate("d"))
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query, (word,))).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _answer(pool: Any, who: frozenset[str], query: str = "foocorp zzuniq") -> list[tuple[str, float]]:
+    hits = await search(pool, Embedder(), "confluence", query, k=5, mode=SearchMode.HYBRID, principals=who)
+    return [(h.page_id, round(h.score, 6)) for h in hits]
+
+
+@pytest.fixture
+async def exact_pool(db_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    """Search without the HNSW index (exact nearest neighbours): two different tables have two different
+    approximate graphs, and only exact search makes their answers comparable row for row."""
+
+    async def configure(conn: AsyncConnection[Any]) -> None:
+        await register_vector_async(conn)
+        await conn.set_autocommit(True)
+        await conn.execute("SET enable_indexscan = off")
+
+    p = AsyncConnectionPool(db_url, min_size=1, max_size=2, configure=configure, open=False)
+    await p.open()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def test_pages_a_person_cannot_read_never_change_their_answer(pool: Any) -> None:
     alice = person_principals("alice", ["staff"])  # not on the board: pages 1 and 2 only
     answers: dict[str, list[tuple[str, float]]] = {}
-    shares: dict[str, float] = {}
     for word in ("foocorp", "barcorp"):
-        shares[word] = await _world(pool, word)
-        hits = await search(pool, Embedder(), "confluence", "foocorp zzuniq", k=5, mode=SearchMode.HYBRID,
-                            principals=alice)  # fmt: skip
-        assert {h.page_id for h in hits} == {"1", "2"}
-        answers[word] = [(h.page_id, round(h.score, 6)) for h in hits]
+        await _world(pool, word)
+        if word == "foocorp":  # counted over every row, foocorp would be estimated from the sample ...
+            assert await _sample_rows_holding(pool, "foocorp", readable_only=False) >= SAMPLE_MIN
+            assert await _sample_rows_holding(pool, "foocorp", readable_only=True) < SAMPLE_MIN  # ... not for her
+        answers[word] = await _answer(pool, alice)
+        assert {page for page, _ in answers[word]} == {"1", "2"}
     assert answers["barcorp"][0][0] == "1"  # equal weights for her: the title breaks the tie
-    # The two worlds really take the two plans for 'foocorp' ...
-    assert shares["foocorp"] >= DENSE_SHARE > shares["barcorp"], shares
-    # ... and Alice cannot tell them apart.
     assert answers["foocorp"] == answers["barcorp"]
+
+
+async def test_a_person_is_answered_as_if_only_the_rows_they_may_read_existed(exact_pool: Any) -> None:
+    """The definition, tested directly: Alice among board pages she cannot read gets exactly what Bob, who may
+    read everything, gets in a world without those pages; with foocorp common among readable rows too (the
+    sample branch) and rare (the exact branch)."""
+    alice = person_principals("alice", ["staff"])
+    bob = person_principals("bob", ["staff", "board"])
+    pool = exact_pool
+    for common_pages in (0, 12 * SAMPLE_SCALE):
+        await _world(pool, "foocorp", common_pages)
+        if common_pages:
+            assert await _sample_rows_holding(pool, "foocorp", readable_only=True) >= SAMPLE_MIN
+        hers = await _answer(pool, alice)
+        await _world(pool, None, common_pages)
+        assert await _answer(pool, bob) == hers, common_pages
+
+
+async def test_common_words_are_counted_on_the_sample_index(pool: Any) -> None:
+    await _world(pool, "foocorp", 12 * SAMPLE_SCALE)
+    alice = sorted(person_principals("alice", ["staff"]))
+    statement = _hybrid_sql("confluence", space=None, label=None, principals=frozenset(alice))
+    async with pool.connection() as conn:
+        spaces, blocked = (
+            await (await conn.execute("SELECT cv_viewer_spaces(%s::text[]), cv_viewer_blocked(%s::text[])",
+                                      (alice, alice))).fetchone()  # fmt: skip
+        ) or ([], [])
+        params = {
+            "embedding": np.asarray(ollama.embed_text("foocorp zzuniq"), dtype=np.float32), "query": "foocorp zzuniq",
+            "k": 5, "candidates": 50, "space": None, "label": None, "principals": alice, "spaces": spaces,
+            "blocked": blocked, "rrf_k": 20, "vector_weight": 0.2, "field_tie": 0.3, "coverage_power": 0.0,
+            "df_cap": DF_CAP, "n_cap": N_CAP, "relation": "data_confluence", "floor": 0.5,
+            "sample_cap": DF_CAP // SAMPLE_SCALE + 1, "sample_min": SAMPLE_MIN, "sample_scale": SAMPLE_SCALE,
+        }  # fmt: skip
+        await register_vector_async(conn)
+        await conn.execute("SET enable_seqscan = off")  # a table this small would otherwise be read whole
+        plan = "\n".join(r[0] for r in await (await conn.execute(sql.SQL("EXPLAIN ") + statement, params)).fetchall())
+    assert vector_index_names("confluence")["search_sample"] in plan, plan
