@@ -448,9 +448,36 @@ async def tune_sweep(pool: Any, embedder: Any, tune: Sequence[Question], chunks:
         fusion = tuning.fusion.value + (f" k={tuning.rrf_k}" if tuning.fusion is Fusion.RRF else "")
         rows.append([fusion, f"{tuning.vector_weight:.1f}", f"{tuning.field_tie:.2f}",
                      *(_fmt(scores.overall[m]) for m in ("hit_rate@1", "mrr@10", "answer@5", "budget")),
+                     _fmt(scores.by_type["paraphrase"]["hit_rate@1"]),
                      "default" if tuning == DEFAULT_TUNING else ""])
-    return show("Tune split: fusion, vector weight, field tie-breaker (ours hybrid)",
-                ["fusion", "vector weight", "field tie", "hit@1", "MRR@10", "answer@5", "budget", ""], rows)
+    out = show("Tune split: fusion, vector weight, field tie-breaker (ours hybrid)",
+               ["fusion", "vector weight", "field tie", "hit@1", "MRR@10", "answer@5", "budget",
+                "paraphrase hit@1", ""], rows)
+    return out + await depth_sweep(pool, embedder, tune, chunks)
+
+
+async def depth_sweep(pool: Any, embedder: Any, tune: Sequence[Question], chunks: dict[str, str]) -> str:
+    """`LEXICAL_FLOOR` and the candidate depth of each ranking (`candidate_count`) on the tune split, the
+    default tuning otherwise: module constants of `app.search`, set for the measurement and put back."""
+    import app.search as search_module
+
+    default_floor, default_count = search_module.LEXICAL_FLOOR, search_module.candidate_count
+    settings: list[tuple[float, int]] = [(f, 50) for f in (0.0, 0.25, 0.5, 0.75)] + [(0.5, 20), (0.5, 100)]
+    rows = []
+    try:
+        for floor, depth in settings:
+            search_module.LEXICAL_FLOOR = floor
+            search_module.candidate_count = lambda k, depth=depth: max(depth, 5 * k)  # type: ignore[misc]
+            scores = evaluate(tune, await run_questions(ours(pool, embedder, "hybrid"), tune), chunks)
+            rows.append([f"{floor:.2f}", str(depth),
+                         *(_fmt(scores.overall[m]) for m in ("hit_rate@1", "mrr@10", "answer@5", "budget")),
+                         _fmt(scores.by_type["paraphrase"]["hit_rate@1"]),
+                         "default" if (floor, depth) == (default_floor, default_count(K)) else ""])
+    finally:
+        search_module.LEXICAL_FLOOR, search_module.candidate_count = default_floor, default_count
+    return show("Tune split: lexical floor and candidate depth (ours hybrid, default fusion)",
+                ["lexical floor", "candidates per ranking (k=10)", "hit@1", "MRR@10", "answer@5", "budget",
+                 "paraphrase hit@1", ""], rows)
 
 
 async def chunk_sweep(server: str, confluence: Any, ollama_url: str, embedder: Any,
