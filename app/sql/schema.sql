@@ -187,12 +187,12 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     )
 $$;
 
--- The pages a viewer may read, as one set (cv_page_visible for every stored page): for a scan that tests
--- thousands of rows, /search computes it once into a MATERIALIZED CTE and tests each row with a hashed `IN`,
--- ~1.6 µs a row against ~4 µs for a per-row probe of cv_page_access (more under load), at a cost of ~6 ms
--- per query at 5,000 pages. The pages under a blocking id are found through the GIN index on path, one probe
--- per blocked id: `path && blocked` on every row compares every pair of elements. A page without an access
--- record is not in the set: fail closed, as cv_may_read.
+-- The pages a viewer may read, as one set (cv_page_visible for every stored page): for SQL readers that test
+-- thousands of rows, computed once and tested with a hashed `IN` (~1.6 µs a row against ~4 µs for a per-row
+-- probe of cv_page_access), at a cost of ~6 ms per query at 5,000 pages. (/search no longer needs it: it tests
+-- only the ~100 rows that can reach a result, app/search.py.) The pages under a blocking id are found through
+-- the GIN index on path, one probe per blocked id: `path && blocked` on every row compares every pair of
+-- elements. A page without an access record is not in the set: fail closed, as cv_may_read.
 CREATE OR REPLACE FUNCTION cv_viewer_pages(spaces TEXT[], blocked TEXT[]) RETURNS SETOF TEXT
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT a.page_id FROM cv_page_access AS a

@@ -147,23 +147,53 @@ async def test_a_person_is_answered_as_if_only_the_rows_they_may_read_existed(ex
         assert await _answer(pool, bob) == hers, common_pages
 
 
+async def _statement_and_params(conn: AsyncConnection[Any], query: str) -> tuple[sql.Composed, dict[str, Any]]:
+    """Alice's hybrid statement and its parameters, as `app.search.search` binds them."""
+    await register_vector_async(conn)
+    alice = sorted(person_principals("alice", ["staff"]))
+    cur = await conn.execute("SELECT cv_viewer_spaces(%s::text[]), cv_viewer_blocked(%s::text[])", (alice, alice))
+    spaces, blocked = await cur.fetchone() or ([], [])
+    params = {
+        "embedding": np.asarray(ollama.embed_text(query), dtype=np.float32), "query": query, "k": 5,
+        "candidates": 50, "space": None, "label": None, "principals": alice, "spaces": spaces, "blocked": blocked,
+        "rrf_k": 20, "vector_weight": 0.2, "field_tie": 0.3, "df_cap": DF_CAP, "n_cap": N_CAP,
+        "relation": "data_confluence", "floor": 0.5, "sample_cap": DF_CAP // SAMPLE_SCALE + 1,
+        "sample_min": SAMPLE_MIN, "sample_scale": SAMPLE_SCALE,
+    }  # fmt: skip
+    return _hybrid_sql("confluence", space=None, label=None, principals=frozenset(alice)), params
+
+
 async def test_common_words_are_counted_on_the_sample_index(pool: Any) -> None:
     await _world(pool, "foocorp", 12 * SAMPLE_SCALE)
-    alice = sorted(person_principals("alice", ["staff"]))
-    statement = _hybrid_sql("confluence", space=None, label=None, principals=frozenset(alice))
     async with pool.connection() as conn:
-        spaces, blocked = (
-            await (await conn.execute("SELECT cv_viewer_spaces(%s::text[]), cv_viewer_blocked(%s::text[])",
-                                      (alice, alice))).fetchone()  # fmt: skip
-        ) or ([], [])
-        params = {
-            "embedding": np.asarray(ollama.embed_text("foocorp zzuniq"), dtype=np.float32), "query": "foocorp zzuniq",
-            "k": 5, "candidates": 50, "space": None, "label": None, "principals": alice, "spaces": spaces,
-            "blocked": blocked, "rrf_k": 20, "vector_weight": 0.2, "field_tie": 0.3, "coverage_power": 0.0,
-            "df_cap": DF_CAP, "n_cap": N_CAP, "relation": "data_confluence", "floor": 0.5,
-            "sample_cap": DF_CAP // SAMPLE_SCALE + 1, "sample_min": SAMPLE_MIN, "sample_scale": SAMPLE_SCALE,
-        }  # fmt: skip
-        await register_vector_async(conn)
+        statement, params = await _statement_and_params(conn, "foocorp zzuniq")
         await conn.execute("SET enable_seqscan = off")  # a table this small would otherwise be read whole
         plan = "\n".join(r[0] for r in await (await conn.execute(sql.SQL("EXPLAIN ") + statement, params)).fetchall())
     assert vector_index_names("confluence")["search_sample"] in plan, plan
+
+
+def _loops_on(node: dict[str, Any], relation: str) -> int:
+    """Executions of scans of `relation` in a JSON plan subtree (EXPLAIN ANALYZE's "Actual Loops")."""
+    own = int(node.get("Actual Loops", 0)) if node.get("Index Name", "").startswith(relation) else 0
+    return own + sum(_loops_on(child, relation) for child in node.get("Plans", []))
+
+
+async def test_the_lexical_ranking_tests_permission_only_on_rows_that_can_reach_the_answer(pool: Any) -> None:
+    """Hundreds of rows hold 'foocorp' (half of them restricted), but only the rows near the top of the lexical
+    ranking can reach the answer: the permission test runs on those (`_hybrid_sql`, steps `ceiling` and `best`),
+    not once per matching row (it ran ~1,900 times per query at 100k chunks)."""
+    await _world(pool, "foocorp", 12 * SAMPLE_SCALE)
+    async with pool.connection() as conn:
+        statement, params = await _statement_and_params(conn, "foocorp")
+        cur = await conn.execute("SELECT count(*) FROM data_confluence WHERE cv_search_tsv @@ 'foocorp'::tsquery")
+        holding = await cur.fetchone()
+        plan = await (await conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + statement, params)).fetchone()
+    assert plan is not None and holding is not None
+    root = plan[0][0]["Plan"]
+    ranking = [n for n in root.get("Plans", []) if n.get("Subplan Name") in ("CTE ceiling", "CTE best")]
+    assert len(ranking) == 2
+    tests = sum(_loops_on(n, "cv_page_access_pkey") for n in ranking)
+    assert holding[0] >= 2 * 12 * SAMPLE_SCALE  # readable and restricted rows hold the word ...
+    # ... but only rows up to the 50th readable candidate are tested: half the rows are restricted, so ~2 x 50
+    # (before: every row holding the word, restricted or not, at least 384 here)
+    assert 0 < tests <= 2 * 50 + 10 < holding[0], (tests, holding[0])
