@@ -21,21 +21,24 @@ _AGREE = sql.SQL(
     """SELECT bool_and((doc.v @@ to_tsquery('simple', {q} || ':D')) = (ts_filter(doc.v, '{{d}}') @@ terms.tsq)
                    AND (doc.v @@ to_tsquery('simple', {q} || ':AB')) = (ts_filter(doc.v, '{{a,b}}') @@ terms.tsq))
        FROM (SELECT %(lexeme)s AS lexeme, phraseto_tsquery('simple', %(lexeme)s) AS tsq) AS terms,
-            (VALUES (setweight(to_tsvector('english', %(title)s), 'A') || setweight(to_tsvector('english', %(head)s), 'B')
+            (VALUES (setweight(to_tsvector('english', %(title)s), 'A')
+                     || setweight(to_tsvector('english', %(head)s), 'B')
                      || to_tsvector('english', %(body)s))) AS doc(v)"""
 ).format(q=_QUOTED_LEXEME)
 
 
 async def _agree(pool: Any, lexeme: str, title: str, head: str, body: str) -> bool:
     async with pool.connection() as conn:
-        row = await (await conn.execute(_AGREE, {"lexeme": lexeme, "title": title, "head": head, "body": body})).fetchone()
+        args = {"lexeme": lexeme, "title": title, "head": head, "body": body}
+        row = await (await conn.execute(_AGREE, args)).fetchone()
     return bool(row and row[0])
 
 
 async def test_weighted_queries_match_exactly_where_filtered_rows_did(pool: Any) -> None:
     for lexeme in TRICKY:
-        for title, head, body in [(lexeme, "", "nothing here"), ("x", lexeme, "nothing"), ("x", "y", f"see {lexeme} now"),
-                                  (lexeme, lexeme, lexeme), ("none", "none", "none")]:  # fmt: skip
+        places = [(lexeme, "", "nothing here"), ("x", lexeme, "nothing"), ("x", "y", f"see {lexeme} now"),
+                  (lexeme, lexeme, lexeme), ("none", "none", "none")]  # fmt: skip
+        for title, head, body in places:
             assert await _agree(pool, lexeme, title, head, body), (lexeme, title, head, body)
 
 
