@@ -197,14 +197,24 @@ async def search(
         vector_type = await _vector_type(pool, table)
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise DatabaseUnavailable(f"search failed, Postgres is unavailable: {exc}") from exc
-    if mode is SearchMode.VECTOR:
-        statement = _vector_sql(table, space=space, label=label, principals=principals, vector_type=vector_type)
-        limit = k
-    else:
-        statement = _hybrid_sql(
-            table, space=space, label=label, principals=principals, fusion=tuning.fusion, vector_type=vector_type
+
+    def statement_for(exact: bool) -> sql.Composed:
+        if mode is SearchMode.VECTOR:
+            return _vector_sql(
+                table, space=space, label=label, principals=principals, vector_type=vector_type, exact=exact
+            )
+        return _hybrid_sql(
+            table,
+            space=space,
+            label=label,
+            principals=principals,
+            fusion=tuning.fusion,
+            vector_type=vector_type,
+            exact=exact,
         )
-        limit = candidate_count(k)
+
+    statement = statement_for(exact=False)
+    limit = k if mode is SearchMode.VECTOR else candidate_count(k)
     params: dict[str, Any] = {
         "embedding": embedding,
         "query": query,
@@ -245,6 +255,16 @@ async def search(
             # Never a cached generic plan: the best plan depends on k and on how common the query words are.
             await cur.execute(statement, params, prepare=False)
             rows = await cur.fetchall()
+            if principals is not None and (not rows or rows[0]["semantic_found"] < limit):
+                # The HNSW iterative scan gives up after `hnsw.max_scan_tuples` rows (pgvector README, "Iterative
+                # Index Scans"; 20,000 by default), and rows the person may not read count too: many of them near
+                # the query would leave the person fewer nearest rows than the rows they may read hold, a
+                # count that depends on what they cannot read. Whenever the scan came back short, the nearest
+                # rows are taken exactly from the rows of their readable pages instead, in the same snapshot.
+                # Also the path of a person who may read fewer than `limit` rows: costs in proportion to those.
+                await conn.execute("SET LOCAL enable_indexscan = off")
+                await cur.execute(statement_for(exact=True), params, prepare=False)
+                rows = await cur.fetchall()
     except psycopg.errors.UndefinedFunction:
         # `halfvec <=> vector`: a reindex swapped in a table of the other type since we looked. Look again.
         _VECTOR_TYPES.pop(table, None)
@@ -308,6 +328,10 @@ def _filters(
     return sql.SQL(" AND ").join(conditions)
 
 
+#: The pages the viewer may read, as a set (SQL `cv_viewer_pages`, equal to `_VISIBLE` page by page).
+_READABLE_PAGES = sql.SQL("SELECT v.page FROM cv_viewer_pages(%(spaces)s::text[], %(blocked)s::text[]) AS v(page)")
+
+
 def _nearest_cte(
     table: str,
     *,
@@ -316,9 +340,16 @@ def _nearest_cte(
     limit: str,
     principals: frozenset[str] | None = None,
     vector_type: str = "vector",
+    exact: bool = False,
 ) -> sql.Composed:
     """The semantic ranking both modes start from: the HNSW scan, materialized and re-sorted by the caller
-    (the iterative scan's relaxed order is only roughly by distance). `limit` names the bound parameter."""
+    (the iterative scan's relaxed order is only roughly by distance). `limit` names the bound parameter.
+
+    `exact` (a person's search only, run with index scans off): the distances of the rows of the pages they may
+    read (`cv_viewer_pages`), all of them; see `search` for when."""
+    where = _filters("d", space=space, label=label, principals=None if exact else principals)
+    if exact:
+        where = sql.SQL("{w} AND d.metadata_ ->> 'ref_doc_id' IN ({pages})").format(w=where, pages=_READABLE_PAGES)
     return sql.SQL(
         """nearest AS MATERIALIZED (
             SELECT d.id, d.node_id, d.embedding <=> %(embedding)s::{vector_type} AS distance
@@ -329,7 +360,7 @@ def _nearest_cte(
         )"""
     ).format(
         t=sql.Identifier(f"data_{table}"),
-        where=_filters("d", space=space, label=label, principals=principals),
+        where=where,
         limit=sql.Placeholder(limit),
         vector_type=sql.SQL(VECTOR_TYPE_NAMES[vector_type]),
     )
@@ -342,18 +373,20 @@ def _vector_sql(
     label: str | None,
     principals: frozenset[str] | None = None,
     vector_type: str = "vector",
+    exact: bool = False,
 ) -> sql.Composed:
     return sql.SQL(
         """
         WITH {nearest}
-        SELECT 1 - n.distance AS score, d.text, d.metadata_, d.node_id, {version_columns}
+        SELECT 1 - n.distance AS score, d.text, d.metadata_, d.node_id, {version_columns},
+               (SELECT count(*) FROM nearest) AS semantic_found
         FROM nearest AS n JOIN {t} AS d ON d.id = n.id {version_join}
         ORDER BY n.distance, d.node_id
         """
     ).format(
         t=sql.Identifier(f"data_{table}"),
         nearest=_nearest_cte(
-            table, space=space, label=label, limit="k", principals=principals, vector_type=vector_type
+            table, space=space, label=label, limit="k", principals=principals, vector_type=vector_type, exact=exact
         ),
         version_columns=_VERSION_COLUMNS,
         version_join=_VERSION_JOIN,
@@ -454,6 +487,7 @@ def _hybrid_sql(
     principals: frozenset[str] | None = None,
     fusion: Fusion = Fusion.RELATIVE,
     vector_type: str = "vector",
+    exact: bool = False,
 ) -> sql.Composed:
     return sql.SQL(
         """
@@ -508,7 +542,8 @@ def _hybrid_sql(
                    l.rank AS lexical_rank, s.rank AS semantic_rank
             FROM semantic AS s FULL OUTER JOIN lexical AS l ON s.id = l.id
         )
-        SELECT f.score, d.text, d.metadata_, d.node_id, {version_columns}
+        SELECT f.score, d.text, d.metadata_, d.node_id, {version_columns},
+               (SELECT count(*) FROM nearest) AS semantic_found
         FROM fused AS f JOIN {t} AS d ON d.id = f.id {version_join}
         ORDER BY f.score DESC, f.lexical_rank NULLS LAST, f.semantic_rank NULLS LAST, d.node_id
         LIMIT %(k)s
@@ -522,7 +557,13 @@ def _hybrid_sql(
         where=_filters("d", space=space, label=label),
         readable=sql.SQL("true") if principals is None else _VISIBLE_PAGE.format(page=sql.SQL("m.page")),
         nearest=_nearest_cte(
-            table, space=space, label=label, limit="candidates", principals=principals, vector_type=vector_type
+            table,
+            space=space,
+            label=label,
+            limit="candidates",
+            principals=principals,
+            vector_type=vector_type,
+            exact=exact,
         ),
         version_columns=_VERSION_COLUMNS,
         version_join=_VERSION_JOIN,

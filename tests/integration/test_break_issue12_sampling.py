@@ -414,12 +414,6 @@ def test_access_change_between_setup_and_ranking_never_mixes_two_states(
             assert pages == {"1"}, (mode, pages)  # the snapshot from before the change: page 1 still hers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (not 89dc05d/01cb66d): the filtered HNSW iterative scan stops after hnsw.max_scan_tuples "
-    "visited tuples (default 20,000), unreadable ones included, so rows a person may not read near the query can "
-    "leave them with fewer vector hits than the rows they may read allow (a count side channel)",
-)
 def test_unreadable_rows_near_the_query_never_shorten_her_vector_answer(db_url: str) -> None:
     """400 board rows identical to the query, 3 readable rows a little further away. The iterative scan's tuple
     budget is lowered to 100 for the session, so a small table shows what the default 20,000 allows at scale: a
