@@ -81,6 +81,15 @@ def _access(conn: psycopg.Connection[Any], pid: str, kind: int, space: str) -> N
         conn.execute("INSERT INTO cv_page_access (page_id, space_key, path) VALUES (%s, %s, %s)", (pid, space, path))
 
 
+def _store_world(conn: psycopg.Connection[Any], kinds: dict[str, int], rows: list[dict[str, Any]]) -> None:
+    """A fresh world in space A: every page's access of its kind, then the rows."""
+    _reset(conn)
+    _grant_spaces(conn)
+    for pid, kind in kinds.items():
+        _access(conn, pid, kind, "A")
+    _insert_rows(conn, rows)
+
+
 def _insert_rows(conn: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> None:
     register_vector(conn)
     with conn.cursor() as cur:
@@ -253,11 +262,7 @@ def test_restricted_rows_fill_the_top_of_the_weight_order_and_tie_with_the_ceili
         add(f"4{i:04d}", OPEN, "Page", "alpha")
     readable = sorted(p for p, kind in kinds.items() if kind in READABLE)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        _reset(conn)
-        _grant_spaces(conn)
-        for pid, kind in kinds.items():
-            _access(conn, pid, kind, "A")
-        _insert_rows(conn, rows)
+        _store_world(conn, kinds, rows)
     answers = {}
     for fusion in Fusion:
         for k in (1, 10, 100):
@@ -292,11 +297,7 @@ def test_a_word_in_every_readable_row_past_df_cap_is_dropped_for_her_as_without_
     readable = sorted(p for p, kind in kinds.items() if kind in READABLE)
     assert len(readable) >= DF_CAP
     with psycopg.connect(db_url, autocommit=True) as conn:
-        _reset(conn)
-        _grant_spaces(conn)
-        for pid, kind in kinds.items():
-            _access(conn, pid, kind, "A")
-        _insert_rows(conn, rows)
+        _store_world(conn, kinds, rows)
         assert _readable_sample_holding(conn, "common", readable) >= SAMPLE_MIN
     hers = {m: _key(asyncio.run(_search_exact(db_url, "common rareword", k=10, mode=m, principals=ALICE)))
             for m in SearchMode}  # fmt: skip
@@ -427,11 +428,7 @@ def test_unreadable_rows_near_the_query_never_shorten_her_vector_answer(db_url: 
               "text": f"merger runbook alpha {i}"} for i in range(3)]  # fmt: skip
     kinds = {r["page"]: (OPEN if r["page"].startswith("1") else BOARD) for r in rows}
     with psycopg.connect(db_url, autocommit=True) as conn:
-        _reset(conn)
-        _grant_spaces(conn)
-        for pid, kind in kinds.items():
-            _access(conn, pid, kind, "A")
-        _insert_rows(conn, rows)
+        _store_world(conn, kinds, rows)
         conn.execute("ANALYZE data_confluence")
 
     async def run() -> list[SearchHit]:
