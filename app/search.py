@@ -570,14 +570,6 @@ def _hybrid_sql(
     )
 
 
-#: `terms.lexeme` as a quoted tsquery operand (quotes and backslashes escaped): `to_tsquery('simple', <this> || ':D')`
-#: is `phraseto_tsquery('simple', lexeme)` with every operand restricted to weight D (chunk text), ':AB' to the
-#: title and heading path. Testing a row with it replaces `ts_filter(row, '{d}') @@ tsq`, which copied the
-#: row's whole tsvector for every query word (the same matches: checked on 3,000 random lexemes of quotes,
-#: backslashes, operators and CJK against phraseto_tsquery).
-_QUOTED_LEXEME = sql.SQL(r"""'''' || replace(replace(terms.lexeme, '\', '\\'), '''', '''''') || ''''""")
-
-
 def _statistics(table: str, principals: frozenset[str] | None) -> sql.Composed:
     """The `total` and `terms` CTEs of the hybrid statement: over the table for the service account, over the
     viewer's readable rows for a person (`_VIEWER_STATISTICS` says why)."""
