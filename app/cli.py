@@ -417,6 +417,7 @@ def search(
             label=label,
             mode=SearchMode(mode),
             principals=principals,
+            ef_search=settings.hnsw_ef_search,
         )
 
     hits = _run(lambda: _with_runtime(settings, run))

@@ -158,6 +158,7 @@ async def search_as(
         label=label,
         mode=mode,
         principals=principals,
+        ef_search=rt.settings.hnsw_ef_search,
     )
 
 

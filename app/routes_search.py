@@ -108,6 +108,7 @@ async def search_endpoint(
             label=label,
             mode=mode,
             principals=principals,
+            ef_search=rt.settings.hnsw_ef_search,
         )
     except RetryableError as exc:
         log.warning("search unavailable", extra={"error": str(exc)})

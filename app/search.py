@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 RRF_K = 60
 #: pgvector caps `hnsw.ef_search` at 1000.
 MAX_EF_SEARCH = 1000
+#: pgvector's default `hnsw.ef_search`; the floor of `ef_search_for` unless HNSW_EF_SEARCH raises it.
+DEFAULT_EF_SEARCH = 40
 #: A word matching at least this many rows is too common to identify anything; counting stops there.
 DF_CAP = 1000
 #: The table size used for IDF: the planner's estimate, or before the first ANALYZE a count up to this many
@@ -150,7 +152,7 @@ def candidate_count(k: int) -> int:
     return max(50, 5 * k)
 
 
-def ef_search_for(limit: int, *, filtered: bool = False) -> int:
+def ef_search_for(limit: int, *, filtered: bool = False, least: int = DEFAULT_EF_SEARCH) -> int:
     """`hnsw.ef_search` for a scan that must return `limit` rows.
 
     Unfiltered, no larger than needed: pgvector's cost estimate grows with `ef_search`, and on tables of tens
@@ -159,9 +161,13 @@ def ef_search_for(limit: int, *, filtered: bool = False) -> int:
     with a small `ef_search` returns the first rows that pass the filter, not the nearest (measured at 100k
     rows with a 2% space filter: recall@10 0.68 at 40, 1.0 at 100), and the higher estimate lets the planner
     pick an exact scan through the filter's own index when the filter is selective, which is then faster too.
+
+    `least` (setting HNSW_EF_SEARCH) raises both: on a table of a million chunks an HNSW graph walked with 40
+    candidates misses true neighbours (bench/search_scale.py at 1M chunks, halfvec: recall@10 0.62 at 40, 0.92
+    at 400, p99 28 → 53 ms). Capped at `MAX_EF_SEARCH`, pgvector's limit.
     """
-    wanted = max(100, 2 * limit) if filtered else max(40, limit)
-    return min(MAX_EF_SEARCH, wanted)
+    wanted = max(100, 2 * limit) if filtered else max(DEFAULT_EF_SEARCH, limit)
+    return min(MAX_EF_SEARCH, max(least, wanted))
 
 
 async def search(
@@ -176,6 +182,7 @@ async def search(
     mode: SearchMode = SearchMode.HYBRID,
     principals: frozenset[str] | None = None,
     tuning: SearchTuning = DEFAULT_TUNING,
+    ef_search: int = DEFAULT_EF_SEARCH,
 ) -> list[SearchHit]:
     """The `k` best chunks of `data_<table>` for `query`, optionally only in `space` / with `label`.
 
@@ -186,6 +193,8 @@ async def search(
     `tuning`: the hybrid fusion (benchmarks sweep it; the service uses `DEFAULT_TUNING`). Equal scores are
     ordered by `node_id`, which is derived from the chunk's content, so a ranking never depends on row ids or
     on the order rows were written.
+
+    `ef_search`: the least `hnsw.ef_search` (setting HNSW_EF_SEARCH; see `ef_search_for`).
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -247,7 +256,10 @@ async def search(
             setup = await conn.execute(
                 "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
                 " set_config('hnsw.ef_search', %(ef)s, true)" + viewer,
-                {"ef": str(ef_search_for(limit, filtered=bool(space or label))), "p": params["principals"]},
+                {
+                    "ef": str(ef_search_for(limit, filtered=bool(space or label), least=ef_search)),
+                    "p": params["principals"],
+                },
             )
             if principals is not None:
                 params["spaces"], params["blocked"] = ((await setup.fetchone()) or ([], [], [], []))[2:]
@@ -401,7 +413,7 @@ _TABLE_STATISTICS = """total AS (
                    END AS n
             FROM pg_class AS c WHERE c.oid = %(relation)s::regclass
         ),
-        common AS (
+        common AS MATERIALIZED (  -- the pg_stats view once per statement, not once per query word
             SELECT s.most_common_elems::text::text[] AS elems, s.most_common_elem_freqs AS freqs,
                    c.reltuples::float8 AS n
             FROM pg_stats AS s JOIN pg_class AS c ON c.oid = %(relation)s::regclass

@@ -34,6 +34,8 @@ DIM = int(os.environ.get("BENCH_SCALE_DIM", "1024"))
 ROWS = int(os.environ.get("BENCH_SCALE_ROWS", "100000"))
 QUERIES = int(os.environ.get("BENCH_SCALE_QUERIES", "200"))
 EXACT_QUERIES = 50
+#: `hnsw.ef_search` floors (setting HNSW_EF_SEARCH) measured in vector mode: recall against latency.
+EF_VALUES = (40, 100, 200, 400, 800)
 TYPES = ("vector", "halfvec")
 
 
@@ -84,8 +86,13 @@ async def load(url: str, vector_type: str, centroids: np.ndarray) -> dict[str, f
                         page = row // 20
                         text = " ".join(words[i * WORDS_PER_ROW : (i + 1) * WORDS_PER_ROW])
                         text += f" ERR-{row:07d} topic{cluster[i]}"
-                        meta = {"page_id": str(page), "ref_doc_id": str(page), "title": f"Page {page}",
-                                "space_key": f"S{page % SPACES:02d}", "header_path": f"Section {row % 20}"}
+                        meta = {
+                            "page_id": str(page),
+                            "ref_doc_id": str(page),
+                            "title": f"Page {page}",
+                            "space_key": f"S{page % SPACES:02d}",
+                            "header_path": f"Section {row % 20}",
+                        }
                         value = HalfVector(vectors[i]) if vector_type == "halfvec" else vectors[i]
                         await copy.write_row((text, Jsonb(meta), f"n{row}", value))
         out["copy_s"] = t.seconds
@@ -94,14 +101,22 @@ async def load(url: str, vector_type: str, centroids: np.ndarray) -> dict[str, f
         with Timer() as t:
             await conn.execute(hnsw_index_sql("confluence", vector_type))
         out["hnsw_s"] = t.seconds
-        await conn.execute(sql.SQL("CREATE INDEX {i} ON data_confluence USING gin (text_search_tsv)").format(
-            i=sql.Identifier(names["tsv"])))
-        await conn.execute(sql.SQL("CREATE INDEX {i} ON data_confluence USING gin (cv_search_tsv)").format(
-            i=sql.Identifier(names["search"])))
+        await conn.execute(
+            sql.SQL("CREATE INDEX {i} ON data_confluence USING gin (text_search_tsv)").format(
+                i=sql.Identifier(names["tsv"])
+            )
+        )
+        await conn.execute(
+            sql.SQL("CREATE INDEX {i} ON data_confluence USING gin (cv_search_tsv)").format(
+                i=sql.Identifier(names["search"])
+            )
+        )
         await conn.execute("VACUUM ANALYZE data_confluence")
-        row = await (await conn.execute(
-            "SELECT pg_table_size('data_confluence'), pg_relation_size(%s::regclass)",
-            (f'"{names["embedding"]}"',))).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT pg_table_size('data_confluence'), pg_relation_size(%s::regclass)", (f'"{names["embedding"]}"',)
+            )
+        ).fetchone()
         assert row is not None
         out["table_bytes"], out["hnsw_bytes"] = float(row[0]), float(row[1])
     return out
@@ -136,14 +151,18 @@ async def exact_truth(url: str, embedder: CannedEmbedder, texts: list[str]) -> d
     pool = AsyncConnectionPool(url, min_size=1, max_size=1, configure=_exact_configure, open=False)
     await pool.open()
     try:
-        return {(mode.value, q): {h.node_id for h in await search(pool, embedder, "confluence", q, k=10, mode=mode)}
-                for mode in SearchMode for q in texts[:EXACT_QUERIES]}
+        return {
+            (mode.value, q): {h.node_id for h in await search(pool, embedder, "confluence", q, k=10, mode=mode)}
+            for mode in SearchMode
+            for q in texts[:EXACT_QUERIES]
+        }
     finally:
         await pool.close()
 
 
-async def latency(url: str, embedder: CannedEmbedder, texts: list[str],
-                  truth: dict[tuple[str, str], set[str]]) -> dict[str, dict[str, float]]:
+async def latency(
+    url: str, embedder: CannedEmbedder, texts: list[str], truth: dict[tuple[str, str], set[str]]
+) -> dict[str, dict[str, float]]:
     from app.db import make_pool
     from app.search import SearchMode, search
 
@@ -160,10 +179,29 @@ async def latency(url: str, embedder: CannedEmbedder, texts: list[str],
                 hits = await search(pool, embedder, "confluence", q, k=10, mode=mode)
                 times.append((time.perf_counter() - started) * 1000)
                 found[q] = {h.node_id for h in hits}
-            recall = [len(found[q] & truth[(mode.value, q)]) / max(1, len(truth[(mode.value, q)]))
-                      for q in texts[:EXACT_QUERIES]]
-            out[mode.value] = {"p50": statistics.median(times), "p99": _pct(times, 99),
-                               "recall": statistics.mean(recall)}
+            recall = [
+                len(found[q] & truth[(mode.value, q)]) / max(1, len(truth[(mode.value, q)]))
+                for q in texts[:EXACT_QUERIES]
+            ]
+            out[mode.value] = {
+                "p50": statistics.median(times),
+                "p99": _pct(times, 99),
+                "recall": statistics.mean(recall),
+            }
+        for ef in EF_VALUES:  # vector mode, the HNSW walk widened by HNSW_EF_SEARCH
+            times, recall = [], []
+            for i, q in enumerate(texts):
+                started = time.perf_counter()
+                hits = await search(pool, embedder, "confluence", q, k=10, mode=SearchMode.VECTOR, ef_search=ef)
+                times.append((time.perf_counter() - started) * 1000)
+                if i < EXACT_QUERIES:
+                    truth_ids = truth[(SearchMode.VECTOR.value, q)]
+                    recall.append(len({h.node_id for h in hits} & truth_ids) / max(1, len(truth_ids)))
+            out[f"ef{ef}"] = {
+                "p50": statistics.median(times),
+                "p99": _pct(times, 99),
+                "recall": statistics.mean(recall),
+            }
     finally:
         await pool.close()
     return out
@@ -186,29 +224,90 @@ async def measure(server: str) -> tuple[dict[str, dict[str, float]], dict[str, d
 def main() -> str:
     with postgres() as server:
         loads, searches = asyncio.run(measure(server))
+    return render(loads, searches)
+
+
+def render(loads: dict[str, dict[str, float]], searches: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The table of `measure`'s figures (also used to record a run made in pieces, e.g. the 1M run resumed
+    on a persistent server)."""
     mib = 1024 * 1024
     rows = []
     for vector_type in TYPES:
         ld, sr = loads[vector_type], searches[vector_type]
-        rows.append([vector_type, f"{ld['table_bytes'] / mib:,.0f}", f"{ld['hnsw_bytes'] / mib:,.0f}",
-                     f"{ld['hnsw_s']:.0f}", f"{sr['vector']['p50']:.1f}", f"{sr['vector']['p99']:.1f}",
-                     f"{sr['vector']['recall']:.3f}", f"{sr['hybrid']['p50']:.1f}", f"{sr['hybrid']['p99']:.1f}",
-                     f"{sr['hybrid']['recall']:.3f}"])
+        rows.append(
+            [
+                vector_type,
+                f"{ld['table_bytes'] / mib:,.0f}",
+                f"{ld['hnsw_bytes'] / mib:,.0f}",
+                f"{ld['hnsw_s']:.0f}",
+                f"{sr['vector']['p50']:.1f}",
+                f"{sr['vector']['p99']:.1f}",
+                f"{sr['vector']['recall']:.3f}",
+                f"{sr['hybrid']['p50']:.1f}",
+                f"{sr['hybrid']['p99']:.1f}",
+                f"{sr['hybrid']['recall']:.3f}",
+            ]
+        )
     v, h = loads["vector"], loads["halfvec"]
-    rows.append(["halfvec / vector", f"{h['table_bytes'] / v['table_bytes']:.2f}x",
-                 f"{h['hnsw_bytes'] / v['hnsw_bytes']:.2f}x", f"{h['hnsw_s'] / v['hnsw_s']:.2f}x",
-                 *[f"{searches['halfvec'][m][x] / searches['vector'][m][x]:.2f}x"
-                   for m in ("vector", "hybrid") for x in ("p50", "p99", "recall")]])
-    note = (f"{machine()}. {ROWS:,} rows × {DIM} dimensions, one run, both types loaded from the same seeded "
-            f"generator. HNSW m=16, ef_construction=64, maintenance_work_mem {maintenance_mib('vector'):,} / "
-            f"{maintenance_mib('halfvec'):,} MB (vector / halfvec: the whole graph in memory), 1 parallel worker. "
-            "Latency: "
-            f"{QUERIES} sequential `app.search.search` calls (k=10) after 20 warm-ups, query embedding excluded; "
-            f"recall@10 against exact float32 search on the vector table, first {EXACT_QUERIES} queries. "
-            "Targets (issue 14, at 1M): p99 < 50 ms, recall@10 ≥ 0.95, halfvec index ≈ half.")
-    return show(f"vector vs halfvec at {ROWS:,} chunks × {DIM}",
-                ["type", "table MiB", "HNSW MiB", "HNSW build s", "vector p50 ms", "vector p99 ms",
-                 "vector recall@10", "hybrid p50 ms", "hybrid p99 ms", "hybrid recall@10"], rows, note=note)
+    rows.append(
+        [
+            "halfvec / vector",
+            f"{h['table_bytes'] / v['table_bytes']:.2f}x",
+            f"{h['hnsw_bytes'] / v['hnsw_bytes']:.2f}x",
+            f"{h['hnsw_s'] / v['hnsw_s']:.2f}x",
+            *[
+                f"{searches['halfvec'][m][x] / searches['vector'][m][x]:.2f}x"
+                for m in ("vector", "hybrid")
+                for x in ("p50", "p99", "recall")
+            ],
+        ]
+    )
+    note = (
+        f"{machine()}. {ROWS:,} rows × {DIM} dimensions, one run, both types loaded from the same seeded "
+        f"generator. HNSW m=16, ef_construction=64, maintenance_work_mem {maintenance_mib('vector'):,} / "
+        f"{maintenance_mib('halfvec'):,} MB (vector / halfvec: the whole graph in memory), 1 parallel worker. "
+        "Latency: "
+        f"{QUERIES} sequential `app.search.search` calls (k=10) after 20 warm-ups, query embedding excluded; "
+        f"recall@10 against exact float32 search on the vector table, first {EXACT_QUERIES} queries. "
+        "Targets (issue 14, at 1M): p99 < 50 ms, recall@10 ≥ 0.95, halfvec index ≈ half."
+    )
+    out = show(
+        f"vector vs halfvec at {ROWS:,} chunks × {DIM}",
+        [
+            "type",
+            "table MiB",
+            "HNSW MiB",
+            "HNSW build s",
+            "vector p50 ms",
+            "vector p99 ms",
+            "vector recall@10",
+            "hybrid p50 ms",
+            "hybrid p99 ms",
+            "hybrid recall@10",
+        ],
+        rows,
+        note=note,
+    )
+    ef_rows = [
+        [
+            str(ef),
+            *(
+                f"{searches[t][f'ef{ef}'][x]:.3f}" if x == "recall" else f"{searches[t][f'ef{ef}'][x]:.1f}"
+                for t in TYPES
+                for x in ("p50", "p99", "recall")
+            ),
+        ]
+        for ef in EF_VALUES
+        if all(f"ef{ef}" in searches[t] for t in TYPES)
+    ]
+    if ef_rows:
+        out += show(
+            f"hnsw.ef_search (HNSW_EF_SEARCH) at {ROWS:,} chunks, vector mode, k=10",
+            ["ef_search", *(f"{t} {x}" for t in TYPES for x in ("p50 ms", "p99 ms", "recall@10"))],
+            ef_rows,
+            note=f"Same queries and exact truth as above; {QUERIES} timed searches per value.",
+        )
+    return out
 
 
 if __name__ == "__main__":

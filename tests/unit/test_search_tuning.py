@@ -39,3 +39,12 @@ def test_each_fusion_renders_its_own_score() -> None:
     for text in rendered.values():
         assert text.rstrip().endswith("LIMIT %(k)s")
         assert "d.node_id\n" in text  # the last tie-break: content-derived, never the row id
+
+
+def test_hnsw_ef_search_setting_raises_the_floor_never_past_pgvectors_cap() -> None:
+    """HNSW_EF_SEARCH is a floor: recall at a million chunks needs a wider walk (bench/search_scale.py)."""
+    assert ef_search_for(10, least=400) == 400
+    assert ef_search_for(10, filtered=True, least=400) == 400
+    assert ef_search_for(10, least=1) == ef_search_for(10)  # never below what the limit needs
+    assert ef_search_for(600, least=400) == 600
+    assert ef_search_for(10, least=5000) == MAX_EF_SEARCH
