@@ -514,6 +514,36 @@ async def test_ranking_is_the_same_with_planner_statistics(pool: Any) -> None:
     assert await rankings() == before
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, open (issue 14): the service account's word rarity comes from pg_stats / reltuples, so stale "
+    "statistics reorder results; counting on the rows instead (as for a person) cost 65-83 ms at 1M chunks",
+)
+async def test_ranking_does_not_depend_on_when_the_table_was_last_analyzed(pool: Any) -> None:
+    """Statistics taken while a wiki was half indexed (autovacuum analyzes mid-backfill) must not change the
+    ranking of the full table: word rarity comes from the rows themselves (the 1-in-16 sample and exact counts
+    of rare words, as for a person), never from `pg_stats` / `reltuples`. Measured before: 11 of 46 top-10
+    rankings of bench/retrieval_quality changed between a stale and a fresh ANALYZE."""
+    store = VectorStore(pool, TABLE)
+    half = len(CORPUS) // 3
+    for page_id, space, title, labels, sections in CORPUS[:half]:
+        await write_page(store, make_page(page_id, space, title, labels), sections)
+    async with pool.connection() as conn:
+        await conn.execute(f"ANALYZE data_{TABLE}")  # statistics of a third of the wiki
+    for page_id, space, title, labels, sections in CORPUS[half:]:
+        await write_page(store, make_page(page_id, space, title, labels), sections)
+    embedder = FakeQueryEmbedder()
+    queries = [q for q, _ in QUESTIONS] + ["what does error ERR-4711 mean?", "OPS-123", "the"]
+
+    async def rankings() -> list[list[tuple[str, float]]]:
+        return [[(h.node_id, h.score) for h in await search(pool, embedder, TABLE, q, k=10)] for q in queries]
+
+    stale = await rankings()
+    async with pool.connection() as conn:
+        await conn.execute(f"ANALYZE data_{TABLE}")
+    assert await rankings() == stale
+
+
 @pytest.mark.parametrize("mode", list(SearchMode))
 async def test_space_and_label_filters(pool: Any, mode: SearchMode) -> None:
     await load_corpus(pool)
