@@ -1,7 +1,7 @@
 """Retrieval: nearest chunks by embedding, optionally fused with a full-text ranking.
 
-Two rankings, one statement, fused by weighted reciprocal rank (score = Σ wᵢ / (20 + rankᵢ), semantic 0.2,
-lexical 0.8: `DEFAULT_TUNING`, chosen by measurement with a real model, bench/retrieval_quality.py):
+Two rankings, one statement, fused by weighted reciprocal rank (score = Σ wᵢ / (20 + rankᵢ), semantic 0.5,
+lexical 0.5: `DEFAULT_TUNING`, chosen by measurement with a real model, bench/retrieval_quality.py):
 
 * **semantic** — `ORDER BY embedding <=> q` on the HNSW index. A filter (space, label) is applied after the
   index hands up candidates, so a selective filter would leave fewer than k rows; pgvector ≥ 0.8's iterative
