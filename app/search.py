@@ -88,10 +88,10 @@ class SearchTuning:
     """The hybrid ranking's knobs; `DEFAULT_TUNING` holds the values chosen on the tune half of the labelled set
     (bench/retrieval_quality.py; evidence in bench/RESULTS.md, section `search_defaults`): weighted RRF with
     k = 20; semantic / lexical 0.5 / 0.5, chosen on the 86-question tune half (hit@1 / MRR@10 0.698 / 0.760
-    against 0.686 / 0.743 at 0.2 / 0.8, and 0.698 / 0.764 against 0.698 / 0.752 on a second indexing; the 46
-    questions it replaced were saturated and had picked 0.2); then `field_tie` 0.3 (0.0 / 0.6 / 1.0: MRR@10
-    0.722 / 0.741 / 0.744 against 0.743 on the 86 questions; 0.6 lets a heading's "errors" outweigh the exact
-    code in `test_exact_error_code_found_only_by_hybrid`)."""
+    against 0.686 / 0.743 at 0.2 / 0.8, and 0.698 / 0.764 against 0.698 / 0.752 on a second indexing; the
+    first 46 tune questions alone were saturated and had picked 0.2); then `field_tie` 0.3 (0.0 / 0.6 / 1.0:
+    MRR@10 0.722 / 0.741 / 0.744 against 0.743 on the 86 questions, semantic 0.2; 0.6 lets a heading's
+    "errors" outweigh the exact code in `test_exact_error_code_found_only_by_hybrid`)."""
 
     fusion: Fusion = Fusion.RRF
     #: Share of the semantic ranking in the fused score; the lexical ranking gets the rest.
