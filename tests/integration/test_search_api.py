@@ -257,3 +257,22 @@ async def test_a_search_that_names_no_person_is_refused_with_a_reason(loaded_poo
         r = await client.get("/search", params={"q": "deploy"})
     assert r.status_code == 400, r.text
     assert "X-Confluence-User" in r.text
+
+
+async def test_hnsw_ef_search_setting_reaches_the_search(loaded_pool: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HNSW_EF_SEARCH is the floor the route's searches walk the HNSW graph with (ef_search_for's `least`)."""
+    import app.search as search_module
+
+    seen: list[int] = []
+    real = search_module.ef_search_for
+
+    def spy(limit: int, *, filtered: bool = False, least: int = search_module.DEFAULT_EF_SEARCH) -> int:
+        seen.append(least)
+        return real(limit, filtered=filtered, least=least)
+
+    monkeypatch.setattr(search_module, "ef_search_for", spy)
+    async with await client_for(build_app(loaded_pool, make_settings(hnsw_ef_search=321))) as client:
+        for mode in ("vector", "hybrid"):
+            r = await client.get("/search", params={"q": "vpn", "mode": mode})
+            assert r.status_code == 200 and r.json()["results"]
+    assert seen == [321, 321]
