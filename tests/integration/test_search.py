@@ -425,9 +425,10 @@ async def write_page(store: VectorStore, page: Page, sections: list[tuple[str, s
     assert result.written
 
 
-async def load_corpus(pool: Any) -> None:
+async def load_corpus(pool: Any, pages: Any = None) -> None:
+    """Write `pages` (default: the whole `CORPUS`) into the test table."""
     store = VectorStore(pool, TABLE)
-    for page_id, space, title, labels, sections in CORPUS:
+    for page_id, space, title, labels, sections in CORPUS if pages is None else pages:
         await write_page(store, make_page(page_id, space, title, labels), sections)
 
 
@@ -524,14 +525,11 @@ async def test_ranking_does_not_depend_on_when_the_table_was_last_analyzed(pool:
     ranking of the full table: word rarity comes from the rows themselves (the 1-in-16 sample and exact counts
     of rare words, as for a person), never from `pg_stats` / `reltuples`. Measured before: 11 of 46 top-10
     rankings of bench/retrieval_quality changed between a stale and a fresh ANALYZE."""
-    store = VectorStore(pool, TABLE)
-    half = len(CORPUS) // 3
-    for page_id, space, title, labels, sections in CORPUS[:half]:
-        await write_page(store, make_page(page_id, space, title, labels), sections)
+    third = len(CORPUS) // 3
+    await load_corpus(pool, CORPUS[:third])
     async with pool.connection() as conn:
         await conn.execute(f"ANALYZE data_{TABLE}")  # statistics of a third of the wiki
-    for page_id, space, title, labels, sections in CORPUS[half:]:
-        await write_page(store, make_page(page_id, space, title, labels), sections)
+    await load_corpus(pool, CORPUS[third:])
     embedder = FakeQueryEmbedder()
     queries = [q for q, _ in QUESTIONS] + ["what does error ERR-4711 mean?", "OPS-123", "the"]
 
