@@ -242,7 +242,7 @@ async def ensure_vector_table(
 ) -> None:
     """The `data_<table>` table exactly as LlamaIndex's `PGVectorStore` (hybrid, jsonb) models it, plus
     what our write path needs: a unique `node_id` (so no duplicate can ever exist), an HNSW cosine index,
-    and btree indexes on the metadata we filter by.
+    btree indexes on the metadata we filter by, and the triggers that keep its word counts (`app.term_counts`).
     """
     t = sql.Identifier(f"data_{table}")
     names = {role: sql.Identifier(name) for role, name in vector_index_names(table).items()}
@@ -291,6 +291,9 @@ async def ensure_vector_table(
         )
     for statement in statements[1:]:
         await conn.execute(statement)
+    from app.term_counts import ensure_term_counts  # app.term_counts names SEARCH_COLUMN without importing us
+
+    await ensure_term_counts(conn, table)
 
 
 async def check_index_model(conn: psycopg.AsyncConnection[Any], table: str, model: str, dim: int) -> None:

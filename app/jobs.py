@@ -44,6 +44,7 @@ from app.queue import (
 from app.retry import Backoff
 from app.startup import confluence_configured
 from app.sync import reconcile, reconcile_due
+from app.term_counts import fold_term_deltas
 from app.vector_store import WORKER_LOST_ERROR, FailureRecord
 
 if TYPE_CHECKING:
@@ -180,7 +181,8 @@ async def recover_stalled_jobs(rt: Runtime) -> int:
 
 @task(name="tick", queue=MAINTENANCE_QUEUE, periodic={"cron": "* * * * *", "periodic_id": "tick"})
 async def tick(rt: Runtime, timestamp: int) -> None:
-    """Every minute, on one worker: recover stalled jobs, prune old deliveries, start reconciliation when due.
+    """Every minute, on one worker: recover stalled jobs, prune old deliveries, fold the word counts'
+    deltas (`app.term_counts`), start reconciliation when due.
 
     Each step is isolated: a failure is logged and the next step still runs (a bad stalled job must not stop
     pruning or reconciliation scheduling); the next tick tries again.
@@ -190,6 +192,11 @@ async def tick(rt: Runtime, timestamp: int) -> None:
         await prune_deliveries(rt.pool, window_seconds=rt.settings.dedupe_window_seconds)
     except Exception as exc:
         log.error("tick: pruning deliveries failed", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
+    try:
+        async with rt.pool.connection() as conn:
+            await fold_term_deltas(conn)
+    except Exception as exc:
+        log.error("tick: folding word counts failed", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
     # Unconfigured Confluence: start-up said so once; failing a reconciliation every minute would only repeat it.
     if rt.settings.reconcile_interval > 0 and confluence_configured(rt.settings):
         try:

@@ -348,6 +348,9 @@ async def _rename(conn: AsyncConnection[Any], table: str, shadow: str) -> None:
     next start-up (and `PGVectorStore`) finds everything where it expects it."""
     ident = sql.Identifier
     live, staged = f"data_{table}", f"data_{shadow}"
+    # The dropped table's word counts (app.term_counts) go with it; the shadow's, keyed by its oid, follow the rename.
+    await conn.execute("DELETE FROM cv_term_counts WHERE relid = %s::regclass", (live,))
+    await conn.execute("DELETE FROM cv_term_deltas WHERE relid = %s::regclass", (live,))
     await conn.execute(sql.SQL("DROP TABLE {t}").format(t=ident(live)))
     await conn.execute(sql.SQL("ALTER TABLE {s} RENAME TO {t}").format(s=ident(staged), t=ident(live)))
     renames = [("INDEX", old, new) for old, new in swap_names(table, shadow)]

@@ -16,10 +16,8 @@ lexical 0.5: `DEFAULT_TUNING`, chosen by measurement with a real model, bench/re
   rare code outweighs "error" and "mean". A chunk's weight is a dis-max over its two fields (its text, its
   title + headings): the better field plus `field_tie` of the other, so the title every chunk of a page
   carries names the page without letting a sibling chunk that matches one word of the text win.
-  Document counts of common words come from the planner's
-  statistics on the tsvector column (`pg_stats.most_common_elems`, kept by ANALYZE) because counting them on
-  the GIN index builds a bitmap of every matching row (measured: 3.4 ms per common word at 100k rows, half the
-  query); rarer words, absent from those statistics, are counted on the index up to `DF_CAP`. Words found in
+  Document counts come from counts kept exact on every write (`app.term_counts`: one index probe per word, and
+  a ranking that depends on the rows alone, not on when ANALYZE last ran). Words found in
   more than `DF_CAP` rows are dropped before matching, which also bounds the work on big tables; rows
   scoring under half the best are not lexical hits at all, so a chunk sharing only a common word with the
   query does not get fused credit. Ties go to rows matching the whole query (`ts_rank_cd` on
@@ -46,6 +44,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.db import SAMPLE_SCALE, SEARCH_COLUMN, TEXT_SEARCH_CONFIG, VECTOR_OPS, embedding_type, sample_predicate
 from app.errors import DatabaseUnavailable
+from app.term_counts import COUNTS_SQL, ROW_COUNT
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,8 @@ MAX_EF_SEARCH = 1000
 DEFAULT_EF_SEARCH = 40
 #: A word matching at least this many rows is too common to identify anything; counting stops there.
 DF_CAP = 1000
-#: The table size used for IDF: the planner's estimate, or before the first ANALYZE a count up to this many
-#: rows (exact enough, and bounded in cost).
+#: The table size used for IDF is the row count capped at this (IDF needs only a scale that is the same for every
+#: word; a person's is this constant, `_VIEWER_STATISTICS`).
 N_CAP = 20_000
 #: A lexical hit must score at least this fraction of the best lexical score.
 LEXICAL_FLOOR = 0.5
@@ -359,7 +358,13 @@ def _nearest_cte(
     (the iterative scan's relaxed order is only roughly by distance). `limit` names the bound parameter.
 
     `exact` (a person's search only, run with index scans off): the distances of the rows of the pages they may
-    read (`cv_viewer_pages`), all of them; see `search` for when."""
+    read (`cv_viewer_pages`), all of them; see `search` for when.
+
+    Equal distances (the same chunk text on two pages: a template, a pasted paragraph) are ordered by `node_id`
+    inside the scan, not only after it: ordered by distance alone, which of the tied rows fill the last places
+    of the LIMIT depends on where they lie in the heap, so the answer changed with the physical order of rows,
+    those a person may not read included. Postgres adds an Incremental Sort over the HNSW scan's distance order
+    (the ties only are sorted), so the index is still used."""
     where = _filters("d", space=space, label=label, principals=None if exact else principals)
     if exact:
         where = sql.SQL("{w} AND d.metadata_ ->> 'ref_doc_id' IN ({pages})").format(w=where, pages=_READABLE_PAGES)
@@ -368,7 +373,7 @@ def _nearest_cte(
             SELECT d.id, d.node_id, d.embedding <=> %(embedding)s::{vector_type} AS distance
             FROM {t} AS d
             WHERE {where}
-            ORDER BY distance
+            ORDER BY distance, d.node_id
             LIMIT {limit}
         )"""
     ).format(
@@ -406,34 +411,35 @@ def _vector_sql(
     )
 
 
-#: Term statistics (table size `total.n`, document count per query word `terms.df`) over the whole table: the
-#: service account reads every row, so the planner's statistics (`pg_stats`, kept by ANALYZE) may stand in.
-_TABLE_STATISTICS = """total AS (
-            SELECT CASE WHEN c.reltuples > 0 THEN least(c.reltuples, %(n_cap)s)::float8
-                        ELSE (SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT %(n_cap)s) AS sample)::float8
-                   END AS n
-            FROM pg_class AS c WHERE c.oid = %(relation)s::regclass
+#: Term statistics (table size `total.n`, document count per query word `terms.df`) over the whole table, for the
+#: service account, which reads every row: exact counts kept on every write (`app.term_counts`), so a ranking
+#: depends on the rows alone, never on when ANALYZE last ran (issue 14). A table without the counting triggers
+#: (written by another program, never migrated) falls back to counting on the GIN index, up to `DF_CAP` per word.
+_TABLE_STATISTICS = """words AS MATERIALIZED (
+            SELECT w.lexeme FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS w(lexeme)
         ),
-        common AS MATERIALIZED (  -- the pg_stats view once per statement, not once per query word
-            SELECT s.most_common_elems::text::text[] AS elems, s.most_common_elem_freqs AS freqs,
-                   c.reltuples::float8 AS n
-            FROM pg_stats AS s JOIN pg_class AS c ON c.oid = %(relation)s::regclass
-            JOIN pg_namespace AS ns ON ns.oid = c.relnamespace
-            WHERE s.schemaname = ns.nspname AND s.tablename = c.relname AND s.attname = {column_name}
-              AND c.reltuples > 0
+        counted AS MATERIALIZED (
+            {counts}
+        ),
+        tracked AS MATERIALIZED (
+            SELECT EXISTS (SELECT 1 FROM cv_term_counts AS c
+                           WHERE c.relid = %(relation)s::regclass AND c.lexeme = {row_count}) AS yes
+        ),
+        total AS (
+            SELECT CASE WHEN (SELECT yes FROM tracked)
+                        THEN least(COALESCE((SELECT n FROM counted WHERE lexeme = {row_count}), 0), %(n_cap)s)
+                        ELSE (SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT %(n_cap)s) AS sample)
+                   END::float8 AS n
         ),
         terms AS MATERIALIZED (
-            SELECT phraseto_tsquery('simple', lexeme) AS tsq,
-                   COALESCE(
-                       (SELECT common.freqs[array_position(common.elems, lexeme)] * common.n FROM common
-                        WHERE array_position(common.elems, lexeme) IS NOT NULL),
-                       (SELECT count(*) FROM (
-                            SELECT 1 FROM {t} AS x
-                            WHERE x.{column} @@ phraseto_tsquery('simple', lexeme)
-                            LIMIT %(df_cap)s) AS hits
-                       )
-                   )::float8 AS df
-            FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS lexeme
+            SELECT phraseto_tsquery('simple', w.lexeme) AS tsq,
+                   CASE WHEN (SELECT yes FROM tracked) THEN COALESCE(c.n, 0)
+                        ELSE (SELECT count(*) FROM (
+                                  SELECT 1 FROM {t} AS x
+                                  WHERE x.{column} @@ phraseto_tsquery('simple', w.lexeme)
+                                  LIMIT %(df_cap)s) AS hits)
+                   END::float8 AS df
+            FROM words AS w LEFT JOIN counted AS c ON c.lexeme = w.lexeme
         )"""
 
 #: The same statistics over only the rows the viewer may read (`_VISIBLE`, the filter the scans use). Counted
@@ -448,7 +454,7 @@ _TABLE_STATISTICS = """total AS (
 #: * `sampled`: the readable rows of the sample (`app.db.sample_predicate`, one row in 16, on its own partial GIN
 #:   index) holding the word, counted up to DF_CAP / 16;
 #: * with at least `SAMPLE_MIN` of them, the count is 16 × that, capped at `DF_CAP` (an estimate, as the
-#:   service account's `pg_stats` figures are);
+#:   the planner's would be);
 #: * with fewer, the word is rare among the rows the viewer reads: counted exactly, up to `DF_CAP`.
 #:
 #: Counting a common word exactly meant reading ~1,000 readable rows per word from the heap, each tested
@@ -591,7 +597,11 @@ def _statistics(table: str, principals: frozenset[str] | None) -> sql.Composed:
     config = sql.Literal(TEXT_SEARCH_CONFIG)
     if principals is None:
         return sql.SQL(_TABLE_STATISTICS).format(
-            t=t, column=column, column_name=sql.Literal(SEARCH_COLUMN), config=config
+            t=t,
+            column=column,
+            config=config,
+            row_count=sql.Literal(ROW_COUNT),
+            counts=sql.SQL(COUNTS_SQL.replace("%(lexemes)s::text[]", "(SELECT array_agg(lexeme) FROM words)")),
         )
     visible = _filters("d", space=None, label=None, principals=principals)
     return sql.SQL(_VIEWER_STATISTICS).format(

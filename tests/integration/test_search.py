@@ -4,6 +4,7 @@ stock LlamaIndex retriever over the same table."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
-from app.db import make_pool
+from app.db import make_pool, vector_index_names
 from app.models import Page
 from app.search import SearchMode, _vector_sql, search
 from app.vector_store import VectorStore, llamaindex_store, metadata_hash
@@ -494,37 +495,11 @@ async def test_query_words_common_to_all_rows_do_not_break_keyword_side(pool: An
     assert len(hits) == 4
 
 
-async def test_ranking_is_the_same_with_planner_statistics(pool: Any) -> None:
-    """After ANALYZE, common words' document counts come from `pg_stats` instead of the GIN index: the
-    hybrid ranking must not change (on a table this small the statistics sample every row, so they are exact)."""
-    await load_corpus(pool)
-    embedder = FakeQueryEmbedder()
-    queries = [q for q, _ in QUESTIONS] + ["what does error ERR-4711 mean?", "OPS-123", "the"]
-
-    async def rankings() -> list[list[str]]:
-        return [[h.node_id for h in await search(pool, embedder, TABLE, q, k=5)] for q in queries]
-
-    before = await rankings()
-    async with pool.connection() as conn:
-        await conn.execute(f"ANALYZE data_{TABLE}")
-        cur = await conn.execute(
-            "SELECT most_common_elems IS NOT NULL FROM pg_stats WHERE tablename = %s AND attname = %s",
-            (f"data_{TABLE}", "text_search_tsv"),
-        )
-        assert await cur.fetchone() == (True,), "the statistics path must be exercised"
-    assert await rankings() == before
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, open (issue 14): the service account's word rarity comes from pg_stats / reltuples, so stale "
-    "statistics reorder results; counting on the rows instead (as for a person) cost 65-83 ms at 1M chunks",
-)
 async def test_ranking_does_not_depend_on_when_the_table_was_last_analyzed(pool: Any) -> None:
     """Statistics taken while a wiki was half indexed (autovacuum analyzes mid-backfill) must not change the
-    ranking of the full table: word rarity comes from the rows themselves (the 1-in-16 sample and exact counts
-    of rare words, as for a person), never from `pg_stats` / `reltuples`. Measured before: 11 of 46 top-10
-    rankings of bench/retrieval_quality changed between a stale and a fresh ANALYZE."""
+    ranking of the full table: word rarity comes from counts kept exact on every write (`app.term_counts`), never
+    from `pg_stats` / `reltuples`. Measured before: 11 of 46 top-10 rankings of bench/retrieval_quality changed
+    between a stale and a fresh ANALYZE."""
     third = len(CORPUS) // 3
     await load_corpus(pool, CORPUS[:third])
     async with pool.connection() as conn:
@@ -725,7 +700,7 @@ async def test_page_named_by_its_title_ranks_above_a_page_linking_to_it(pool: An
 
 
 async def test_full_text_stems_words(pool: Any) -> None:
-    """"sentinels" finds "Sentinel" (the `simple` configuration found nothing, leaving node id order)."""
+    """ "sentinels" finds "Sentinel" (the `simple` configuration found nothing, leaving node id order)."""
     page = make_page("303", "OPS", "Redis failover", ())
     await write_chunks(
         pool,
@@ -790,3 +765,32 @@ async def test_halfvec_table_is_written_and_searched_like_a_vector_table(pool: A
     index = VectorStoreIndex.from_vector_store(store, embed_model=QueryOnly(embed_dim=DIM))
     top = index.as_retriever(similarity_top_k=1).retrieve("restore a postgres database backup")[0].node
     assert top.metadata["page_id"] == "107"
+
+
+@pytest.mark.parametrize("mode", list(SearchMode))
+@pytest.mark.parametrize("exact", [False, True])
+async def test_equal_distances_are_ordered_by_node_id_wherever_the_rows_lie(
+    pool: Any, mode: SearchMode, exact: bool
+) -> None:
+    """The same chunk text on many pages (a template, a pasted paragraph) gives equal distances: which of them
+    fill the last places of a scan's LIMIT must not depend on where they lie in the heap (found by
+    test_break_issue12_sampling: a person's answer changed when rows they may not read were deleted)."""
+    text = "Boilerplate: contact the service desk before changing production access."
+    vector = np.asarray(embed_text(text), dtype=np.float32)
+    async with pool.connection() as conn:
+        if exact:  # no HNSW index: the exact scan's top-N sort
+            await conn.execute(f"DROP INDEX {vector_index_names(TABLE)['embedding']}")
+        for i in reversed(range(120)):  # written in descending node_id order
+            await conn.execute(
+                f"INSERT INTO data_{TABLE} (text, metadata_, node_id, embedding) VALUES (%s, %s, %s, %s)",
+                (text, json.dumps({"ref_doc_id": str(500 + i), "title": "T"}), f"dup-{i:03d}", vector),
+            )
+
+    async def first_five() -> list[str]:
+        hits = await search(pool, FakeQueryEmbedder(), TABLE, text, k=5, mode=mode)
+        return [h.node_id for h in hits]
+
+    assert await first_five() == [f"dup-{i:03d}" for i in range(5)]
+    async with pool.connection() as conn:  # move the first rows to the end of the heap
+        await conn.execute(f"UPDATE data_{TABLE} SET text = text WHERE node_id < 'dup-060'")
+    assert await first_five() == [f"dup-{i:03d}" for i in range(5)]
