@@ -82,3 +82,16 @@ def test_every_answer_is_on_its_page() -> None:
         if not contains_answer(storage_to_markdown(pages[x.page].body, title=pages[x.page].title), x.answer)
     ]
     assert missing == []
+
+
+def test_epsilon_recall_counts_rows_within_one_percent_of_the_kth_distance() -> None:
+    """bench/search_scale.py's ε-recall (ann-benchmarks): a row 0.5% farther than the true 10th counts, 2% does not,
+    and fewer rows than k asked for count as misses."""
+    from types import SimpleNamespace
+
+    from bench.search_scale import epsilon_recall
+
+    kth = 0.36
+    near = [SimpleNamespace(score=1 - 0.35)] * 8 + [SimpleNamespace(score=1 - kth * 1.005)]
+    assert epsilon_recall([*near, SimpleNamespace(score=1 - kth * 1.02)], kth) == pytest.approx(0.9)
+    assert epsilon_recall(near, kth) == pytest.approx(0.9)
