@@ -349,8 +349,9 @@ async def _rename(conn: AsyncConnection[Any], table: str, shadow: str) -> None:
     ident = sql.Identifier
     live, staged = f"data_{table}", f"data_{shadow}"
     # The dropped table's word counts (app.term_counts) go with it; the shadow's, keyed by its oid, follow the rename.
-    await conn.execute("DELETE FROM cv_term_counts WHERE relid = %s::regclass", (live,))
+    # Deltas before counts: the order of every statement touching both (app.term_counts), or a fold deadlocks.
     await conn.execute("DELETE FROM cv_term_deltas WHERE relid = %s::regclass", (live,))
+    await conn.execute("DELETE FROM cv_term_counts WHERE relid = %s::regclass", (live,))
     await conn.execute(sql.SQL("DROP TABLE {t}").format(t=ident(live)))
     await conn.execute(sql.SQL("ALTER TABLE {s} RENAME TO {t}").format(s=ident(staged), t=ident(live)))
     renames = [("INDEX", old, new) for old, new in swap_names(table, shadow)]

@@ -54,6 +54,19 @@ RRF_K = 60
 MAX_EF_SEARCH = 1000
 #: pgvector's default `hnsw.ef_search`; the floor of `ef_search_for` unless HNSW_EF_SEARCH raises it.
 DEFAULT_EF_SEARCH = 40
+#: A table of at most this many chunks (its exact count, `app.term_counts`) is searched by an exact scan, not the
+#: HNSW index: left to the planner, the choice flipped with the statistics (no ANALYZE yet: the index, an
+#: approximation; after it: an exact scan), and with it the answers (bench/retrieval_quality.py at 192 chunks: 1 to
+#: 2 of 46 top-10 lists changed after ANALYZE). 2,000 is where the planner itself switches to the index with fresh
+#: statistics; an exact scan there costs ~10 ms (measured, 1024 dimensions: 7.6 ms at 1,000 rows, 9.5 at 2,000, 36
+#: at 5,000, against ~5 ms for the index), and it answers exactly.
+EXACT_SCAN_ROWS = 2_000
+#: The table's chunk count, as the third column of the search's set-up statement: NULL when no counts are kept.
+_ROW_COUNT = f"""(SELECT sum(k.n) FROM (
+        SELECT c.n FROM cv_term_counts AS c WHERE c.relid = %(relation)s::regclass AND c.lexeme = '{ROW_COUNT}'
+        UNION ALL
+        SELECT d.delta FROM cv_term_deltas AS d WHERE d.relid = %(relation)s::regclass AND d.lexeme = '{ROW_COUNT}'
+    ) AS k)"""
 #: A word matching at least this many rows is too common to identify anything; counting stops there.
 DF_CAP = 1000
 #: The table size used for IDF is the row count capped at this (IDF needs only a scale that is the same for every
@@ -207,10 +220,16 @@ async def search(
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise DatabaseUnavailable(f"search failed, Postgres is unavailable: {exc}") from exc
 
-    def statement_for(exact: bool) -> sql.Composed:
+    def statement_for(exact: bool, hnsw: bool = True) -> sql.Composed:
         if mode is SearchMode.VECTOR:
             return _vector_sql(
-                table, space=space, label=label, principals=principals, vector_type=vector_type, exact=exact
+                table,
+                space=space,
+                label=label,
+                principals=principals,
+                vector_type=vector_type,
+                exact=exact,
+                hnsw=hnsw,
             )
         return _hybrid_sql(
             table,
@@ -220,9 +239,9 @@ async def search(
             fusion=tuning.fusion,
             vector_type=vector_type,
             exact=exact,
+            hnsw=hnsw,
         )
 
-    statement = statement_for(exact=False)
     limit = k if mode is SearchMode.VECTOR else candidate_count(k)
     params: dict[str, Any] = {
         "embedding": embedding,
@@ -255,14 +274,18 @@ async def search(
             viewer = "" if principals is None else ", cv_viewer_spaces(%(p)s::text[]), cv_viewer_blocked(%(p)s::text[])"
             setup = await conn.execute(
                 "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-                " set_config('hnsw.ef_search', %(ef)s, true)" + viewer,
+                " set_config('hnsw.ef_search', %(ef)s, true), " + _ROW_COUNT + viewer,
                 {
                     "ef": str(ef_search_for(limit, filtered=bool(space or label), least=ef_search)),
                     "p": params["principals"],
+                    "relation": params["relation"],
                 },
             )
+            settings_row = (await setup.fetchone()) or ("", "", None, [], [])
+            rows_in_table = settings_row[2]
             if principals is not None:
-                params["spaces"], params["blocked"] = ((await setup.fetchone()) or ([], [], [], []))[2:]
+                params["spaces"], params["blocked"] = settings_row[3:5]
+            statement = statement_for(exact=False, hnsw=rows_in_table is None or rows_in_table > EXACT_SCAN_ROWS)
             cur = conn.cursor(row_factory=dict_row)
             # Never a cached generic plan: the best plan depends on k and on how common the query words are.
             await cur.execute(statement, params, prepare=False)
@@ -353,6 +376,7 @@ def _nearest_cte(
     principals: frozenset[str] | None = None,
     vector_type: str = "vector",
     exact: bool = False,
+    hnsw: bool = True,
 ) -> sql.Composed:
     """The semantic ranking both modes start from: the HNSW scan, materialized and re-sorted by the caller
     (the iterative scan's relaxed order is only roughly by distance). `limit` names the bound parameter.
@@ -364,7 +388,9 @@ def _nearest_cte(
     inside the scan, not only after it: ordered by distance alone, which of the tied rows fill the last places
     of the LIMIT depends on where they lie in the heap, so the answer changed with the physical order of rows,
     those a person may not read included. Postgres adds an Incremental Sort over the HNSW scan's distance order
-    (the ties only are sorted), so the index is still used."""
+    (the ties only are sorted), so the index is still used.
+
+    `hnsw` False (a table of at most `EXACT_SCAN_ROWS` chunks): an exact scan, whatever the planner's statistics."""
     where = _filters("d", space=space, label=label, principals=None if exact else principals)
     if exact:
         where = sql.SQL("{w} AND d.metadata_ ->> 'ref_doc_id' IN ({pages})").format(w=where, pages=_READABLE_PAGES)
@@ -373,10 +399,14 @@ def _nearest_cte(
             SELECT d.id, d.node_id, d.embedding <=> %(embedding)s::{vector_type} AS distance
             FROM {t} AS d
             WHERE {where}
-            ORDER BY distance, d.node_id
+            ORDER BY {order}, d.node_id
             LIMIT {limit}
         )"""
     ).format(
+        # `+ 0` leaves the value as it is but no longer matches the HNSW index's operator: an exact scan.
+        order=sql.SQL("distance" if hnsw else "(d.embedding <=> %(embedding)s::{vector_type}) + 0").format(
+            vector_type=sql.SQL(VECTOR_TYPE_NAMES[vector_type])
+        ),
         t=sql.Identifier(f"data_{table}"),
         where=where,
         limit=sql.Placeholder(limit),
@@ -392,6 +422,7 @@ def _vector_sql(
     principals: frozenset[str] | None = None,
     vector_type: str = "vector",
     exact: bool = False,
+    hnsw: bool = True,
 ) -> sql.Composed:
     return sql.SQL(
         """
@@ -404,7 +435,14 @@ def _vector_sql(
     ).format(
         t=sql.Identifier(f"data_{table}"),
         nearest=_nearest_cte(
-            table, space=space, label=label, limit="k", principals=principals, vector_type=vector_type, exact=exact
+            table,
+            space=space,
+            label=label,
+            limit="k",
+            principals=principals,
+            vector_type=vector_type,
+            exact=exact,
+            hnsw=hnsw,
         ),
         version_columns=_VERSION_COLUMNS,
         version_join=_VERSION_JOIN,
@@ -507,6 +545,7 @@ def _hybrid_sql(
     fusion: Fusion = Fusion.RELATIVE,
     vector_type: str = "vector",
     exact: bool = False,
+    hnsw: bool = True,
 ) -> sql.Composed:
     return sql.SQL(
         """
@@ -583,6 +622,7 @@ def _hybrid_sql(
             principals=principals,
             vector_type=vector_type,
             exact=exact,
+            hnsw=hnsw,
         ),
         version_columns=_VERSION_COLUMNS,
         version_join=_VERSION_JOIN,

@@ -57,7 +57,9 @@ CREATE TABLE IF NOT EXISTS cv_term_deltas (
 );
 CREATE INDEX IF NOT EXISTS cv_term_deltas_lexeme_idx ON cv_term_deltas (relid, lexeme) INCLUDE (delta);
 
-CREATE OR REPLACE FUNCTION cv_count_terms() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SET search_path FROM CURRENT: the schema the migration created the tables in, whatever the writer's own
+-- search_path (pg_restore --data-only writes with an empty one).
+CREATE OR REPLACE FUNCTION cv_count_terms() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     -- Each branch reads only the transition tables its trigger declares (plpgsql plans a query when it first runs).
     IF TG_OP = 'INSERT' THEN
@@ -85,10 +87,17 @@ BEGIN
             FROM cv_old_rows AS r, unnest(tsvector_to_array(r.{SEARCH_COLUMN})) AS w(lexeme)
         ) AS c
         GROUP BY c.lexeme HAVING sum(c.d) <> 0;
-    ELSE  -- TRUNCATE
+    ELSIF current_setting('transaction_isolation') = 'read committed' THEN  -- TRUNCATE
+        -- This statement's snapshot, taken after TRUNCATE's exclusive lock, sees every delta of the rows it removed.
         DELETE FROM cv_term_deltas WHERE relid = TG_RELID;
         DELETE FROM cv_term_counts WHERE relid = TG_RELID;
         INSERT INTO cv_term_counts (relid, lexeme, n) VALUES (TG_RELID, '{ROW_COUNT}', 0);
+    ELSE
+        -- A snapshot older than the lock may miss deltas of rows TRUNCATE removed: stop counting this table
+        -- (searches count on the index meanwhile, and the fold discards its deltas) until the next start counts
+        -- it afresh (`ensure_term_counts`).
+        DELETE FROM cv_term_deltas WHERE relid = TG_RELID;
+        DELETE FROM cv_term_counts WHERE relid = TG_RELID;
     END IF;
     RETURN NULL;
 END
@@ -107,24 +116,28 @@ COUNTS_SQL = """SELECT k.lexeme, sum(k.n)::float8 AS n FROM (
 
 
 async def ensure_term_counts(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
-    """Install the counting triggers on `data_<table>` and count its existing rows, once.
+    """Install the counting triggers on `data_<table>` and count its rows, whenever the counts are not known to be
+    kept: a table created before this module, a new one, or one whose counts were lost (a dump restored into
+    another database gives the table a new oid; a TRUNCATE under REPEATABLE READ; counts deleted by hand).
 
     Atomic: the table is locked against writes (SHARE ROW EXCLUSIVE; searches go on) while the triggers are created
-    and the existing rows counted (`ts_stat`, one pass over the column), so no write falls between the two.
-    Returns True when it counted (a table created before this module, or a new one), False when the triggers were
-    already there. Also forgets the counts of dropped tables. `conn` must be in autocommit mode.
+    and the rows counted (`ts_stat`, one pass over the column: 102 s at 1M chunks), so no write falls between the
+    two; READ COMMITTED, so the count sees every write committed before the lock was granted. Returns True when
+    it counted, False when the counts were kept already. Also forgets the counts of tables that no longer carry
+    the triggers (dropped). `conn` must be in autocommit mode.
     """
     t = sql.Identifier(f"data_{table}")
     await conn.execute(SCHEMA)
-    await conn.execute(
-        """DELETE FROM cv_term_counts WHERE relid NOT IN (SELECT oid FROM pg_class);
-           DELETE FROM cv_term_deltas WHERE relid NOT IN (SELECT oid FROM pg_class)"""
-    )
+    # Deltas before counts, in every statement that touches both (the fold too): one lock order, no deadlock.
+    counted = "SELECT tgrelid FROM pg_trigger WHERE tgname = %(name)s"
+    for forget in ("cv_term_deltas", "cv_term_counts"):
+        await conn.execute(f"DELETE FROM {forget} WHERE relid NOT IN ({counted})", {"name": TRIGGERS["INSERT"]})
+    if await _kept(conn, f"data_{table}"):
+        return False
     async with conn.transaction():
-        if await _installed(conn, f"data_{table}"):
-            return False
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=t))
-        if await _installed(conn, f"data_{table}"):  # another process won the race while we waited for the lock
+        if await _kept(conn, f"data_{table}"):  # another process counted while we waited for the lock
             return False
         for event, name in TRIGGERS.items():
             transition = {
@@ -157,20 +170,25 @@ async def ensure_term_counts(conn: psycopg.AsyncConnection[Any], table: str) -> 
     return True
 
 
-async def _installed(conn: psycopg.AsyncConnection[Any], relation: str) -> bool:
+async def _kept(conn: psycopg.AsyncConnection[Any], relation: str) -> bool:
+    """The table carries every trigger and has its row count: only `ensure_term_counts` writes that row, after
+    counting, so its presence means the counts were complete when the triggers took over."""
     row = await (
         await conn.execute(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = ANY (%s)",
-            (relation, list(TRIGGERS.values())),
+            """SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = %(r)s::regclass AND tgname = ANY (%(names)s)),
+                      EXISTS (SELECT 1 FROM cv_term_counts WHERE relid = %(r)s::regclass AND lexeme = %(k)s)""",
+            {"r": relation, "names": list(TRIGGERS.values()), "k": ROW_COUNT},
         )
     ).fetchone()
-    return bool(row and row[0] == len(TRIGGERS))
+    return bool(row and row[0] == len(TRIGGERS) and row[1])
 
 
 async def fold_term_deltas(conn: psycopg.AsyncConnection[Any]) -> int | None:
     """Move every committed delta into `cv_term_counts`; the number of delta rows folded, None when another fold
     holds the lock (it does the same work). One transaction: a reader sees the deltas or their sum, never both
-    or neither. Words no chunk holds any more are dropped (the row count stays, at 0 for an empty table)."""
+    or neither. Words no chunk holds any more are dropped (the row count stays, at 0 for an empty table). Deltas
+    of a table whose counts are not kept (no row count: `ensure_term_counts` will count it afresh) are dropped,
+    never folded into counts that would then look complete."""
     async with conn.transaction():
         row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK,))).fetchone()
         if not row or not row[0]:
@@ -179,11 +197,23 @@ async def fold_term_deltas(conn: psycopg.AsyncConnection[Any]) -> int | None:
             """WITH moved AS (DELETE FROM cv_term_deltas RETURNING relid, lexeme, delta),
                     upserted AS (
                         INSERT INTO cv_term_counts AS c (relid, lexeme, n)
-                        SELECT relid, lexeme, sum(delta) FROM moved GROUP BY relid, lexeme
+                        SELECT m.relid, m.lexeme, sum(m.delta) FROM moved AS m
+                        WHERE EXISTS (SELECT 1 FROM cv_term_counts AS r WHERE r.relid = m.relid AND r.lexeme = %(k)s)
+                        GROUP BY m.relid, m.lexeme
                         ON CONFLICT (relid, lexeme) DO UPDATE SET n = c.n + EXCLUDED.n
+                        RETURNING c.relid, c.lexeme, c.n
                     )
-               SELECT count(*) FROM moved"""
+               SELECT (SELECT count(*) FROM moved),
+                      COALESCE(array_agg(u.relid) FILTER (WHERE u.n = 0 AND u.lexeme <> %(k)s), '{}'),
+                      COALESCE(array_agg(u.lexeme) FILTER (WHERE u.n = 0 AND u.lexeme <> %(k)s), '{}')
+               FROM upserted AS u""",
+            {"k": ROW_COUNT},
         )
         folded = await cur.fetchone()
-        await conn.execute("DELETE FROM cv_term_counts WHERE n = 0 AND lexeme <> %s", (ROW_COUNT,))
+        if folded and folded[1]:  # words no chunk holds any more; only those just folded are looked at
+            await conn.execute(
+                """DELETE FROM cv_term_counts AS c USING unnest(%s::oid[], %s::text[]) AS z(relid, lexeme)
+                   WHERE c.relid = z.relid AND c.lexeme = z.lexeme AND c.n = 0""",
+                (folded[1], folded[2]),
+            )
     return int(folded[0]) if folded and folded[0] is not None else 0
