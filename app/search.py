@@ -7,7 +7,7 @@ lexical 0.5: `DEFAULT_TUNING`, chosen by measurement with a real model, bench/re
   index hands up candidates, so a selective filter would leave fewer than k rows; pgvector ≥ 0.8's iterative
   scan (`hnsw.iterative_scan = relaxed_order`) keeps walking the graph until enough rows pass. Relaxed order
   is slightly out of distance order, so the candidates sit in a MATERIALIZED CTE and are re-sorted outside it
-  (pgvector's documented pattern).
+  (pgvector's documented pattern). A table of at most `EXACT_SCAN_ROWS` chunks is scanned exactly instead.
 * **lexical** — catches what embeddings blur: error codes (`ERR-4711`), ticket keys (`OPS-123`), names. It
   ranks our own column `cv_search_tsv` (`app.db.SEARCH_DOCUMENT`): the page title (weight A) and heading path
   (B) beside the chunk text, all through the `english` configuration (stemming: "sentinels" finds
@@ -451,8 +451,9 @@ def _vector_sql(
 
 #: Term statistics (table size `total.n`, document count per query word `terms.df`) over the whole table, for the
 #: service account, which reads every row: exact counts kept on every write (`app.term_counts`), so a ranking
-#: depends on the rows alone, never on when ANALYZE last ran (issue 14). A table without the counting triggers
-#: (written by another program, never migrated) falls back to counting on the GIN index, up to `DF_CAP` per word.
+#: depends on the rows alone, never on when ANALYZE last ran (issue 14). A table whose counts are not kept
+#: (no row count in `cv_term_counts`: never migrated, or counts lost until the next start recounts) falls back
+#: to counting on the GIN index, up to `DF_CAP` per word.
 _TABLE_STATISTICS = """words AS MATERIALIZED (
             SELECT w.lexeme FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS w(lexeme)
         ),
@@ -491,8 +492,8 @@ _TABLE_STATISTICS = """words AS MATERIALIZED (
 #:
 #: * `sampled`: the readable rows of the sample (`app.db.sample_predicate`, one row in 16, on its own partial GIN
 #:   index) holding the word, counted up to DF_CAP / 16;
-#: * with at least `SAMPLE_MIN` of them, the count is 16 × that, capped at `DF_CAP` (an estimate, as the
-#:   the planner's would be);
+#: * with at least `SAMPLE_MIN` of them, the count is 16 × that, capped at `DF_CAP` (an estimate from the
+#:   sample);
 #: * with fewer, the word is rare among the rows the viewer reads: counted exactly, up to `DF_CAP`.
 #:
 #: Counting a common word exactly meant reading ~1,000 readable rows per word from the heap, each tested

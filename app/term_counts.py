@@ -139,14 +139,21 @@ async def ensure_term_counts(conn: psycopg.AsyncConnection[Any], table: str) -> 
         await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=t))
         if await _kept(conn, f"data_{table}"):  # another process counted while we waited for the lock
             return False
+        present = await (
+            await conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = ANY (%s)",
+                (f"data_{table}", list(TRIGGERS.values())),
+            )
+        ).fetchall()
         for event, name in TRIGGERS.items():
+            if name in {row[0] for row in present}:
+                continue  # dropping it would take an ACCESS EXCLUSIVE lock, and stop searches, for the whole count
             transition = {
                 "INSERT": "REFERENCING NEW TABLE AS cv_new_rows",
                 "UPDATE": "REFERENCING OLD TABLE AS cv_old_rows NEW TABLE AS cv_new_rows",
                 "DELETE": "REFERENCING OLD TABLE AS cv_old_rows",
                 "TRUNCATE": "",
             }[event]
-            await conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {n} ON {t}").format(n=sql.Identifier(name), t=t))
             await conn.execute(
                 sql.SQL(
                     "CREATE TRIGGER {n} AFTER {e} ON {t} {r} FOR EACH STATEMENT EXECUTE FUNCTION cv_count_terms()"
