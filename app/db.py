@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.config import Settings
 from app.errors import DatabaseUnavailable, IndexModelMismatch
 from app.queue_schema import ensure_procrastinate_schema
+from app.term_counts import ensure_term_counts
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,6 @@ async def ensure_vector_table(
         )
     for statement in statements[1:]:
         await conn.execute(statement)
-    from app.term_counts import ensure_term_counts  # app.term_counts names SEARCH_COLUMN without importing us
-
     await ensure_term_counts(conn, table)
 
 

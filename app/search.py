@@ -526,7 +526,9 @@ _VIEWER_STATISTICS = """total AS (SELECT %(n_cap)s::float8 AS n),
 #: rows that can matter, not on every row holding a query word (a word in ~600 rows each, three such words:
 #: 1,900 tests per query, measured at 100k chunks, bench/permission_search.py; now ~90):
 #:
-#: * `scored`: every row matching a query word, weighted, whatever the viewer may read;
+#: * `scored`: every row matching a query word, weighted, whatever the viewer may read (the words' IDFs summed in
+#:   a fixed order: floating-point addition is not associative, and two chunks holding the same words must weigh
+#:   exactly the same whatever order the plan meets them in, or their ranks flip with the plan);
 #: * `ceiling`: the best weight among rows the viewer may read: rows in descending weight, tested until one passes;
 #: * `matched`: rows within `LEXICAL_FLOOR` of that ceiling (only these get `ts_rank_cd`, the tie-break);
 #: * `best`: of those, in rank order, the first `candidates` the viewer may read.
@@ -567,8 +569,10 @@ def _hybrid_sql(
                    greatest(b.body, b.heading) + %(field_tie)s * least(b.body, b.heading) AS weight
             FROM (
                 SELECT d.id, d.node_id, d.metadata_ ->> 'ref_doc_id' AS page,
-                       COALESCE(sum(w.idf) FILTER (WHERE ts_filter(d.{column}, '{{d}}') @@ w.tsq), 0) AS body,
-                       COALESCE(sum(w.idf) FILTER (WHERE ts_filter(d.{column}, '{{a,b}}') @@ w.tsq), 0) AS heading
+                       COALESCE(sum(w.idf ORDER BY w.idf)
+                                FILTER (WHERE ts_filter(d.{column}, '{{d}}') @@ w.tsq), 0) AS body,
+                       COALESCE(sum(w.idf ORDER BY w.idf)
+                                FILTER (WHERE ts_filter(d.{column}, '{{a,b}}') @@ w.tsq), 0) AS heading
                 FROM weighted AS w JOIN {t} AS d ON d.{column} @@ w.tsq
                 WHERE {where}
                 GROUP BY d.id

@@ -471,3 +471,30 @@ def test_no_principals_at_all_reads_nothing_even_in_an_anyone_space(db_url: str)
             assert asyncio.run(_search_exact(db_url, "merger runbook", k=k, mode=mode, principals=frozenset())) == []
             anonymous = frozenset({"anyone"})  # the anonymous visitor does read space E
             assert len(asyncio.run(_search_exact(db_url, "merger runbook", k=k, mode=mode, principals=anonymous))) == k
+
+
+def test_a_persons_answer_does_not_depend_on_the_order_word_weights_are_summed(db_url: str) -> None:
+    """A falsifying example of the property above (seed 1204, every query word repeated): two chunks matching the
+    same query words got weights differing in the last bit, because floating-point addition is not associative
+    and the plan (which changed once the unreadable rows were deleted) summed the words' IDFs in another order;
+    the rank order of the two, hence the RRF scores, flipped. The sums now run in a fixed order."""
+    probs = {"runbook": 0.7, "merger": 0.0, "secret": 0.7, "gamma": 0.0, "zeta": 0.7, "beta": 0.3, "delta": 0.97,
+             "alpha": 0.3}  # fmt: skip
+    rows, kinds = _world_rows(1204, 400, 0.95, probs)
+    readable = sorted(pid for pid, kind in kinds.items() if kind in READABLE)
+    query = " ".join(VOCAB * 40)
+    kwargs: dict[str, Any] = {"k": 10, "mode": SearchMode.HYBRID, "principals": ALICE,
+                              "tuning": SearchTuning(fusion=Fusion.RRF)}  # fmt: skip
+    for _ in range(2):  # a second world over the dead rows of the first: another physical order, other plans
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            _reset(conn)
+            _grant_spaces(conn)
+            for pid, kind in kinds.items():
+                _access(conn, pid, kind, next(r["space"] for r in rows if r["page"] == pid))
+            _insert_rows(conn, rows)
+            conn.execute("ANALYZE data_confluence")
+        hits = asyncio.run(_search_exact(db_url, query, **kwargs))
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM data_confluence WHERE NOT (metadata_ ->> 'ref_doc_id' = ANY (%s))", (readable,))
+            conn.execute("ANALYZE data_confluence")
+        assert _key(hits) == _key(asyncio.run(_search_exact(db_url, query, **kwargs)))
