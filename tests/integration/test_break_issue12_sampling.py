@@ -110,6 +110,16 @@ def _insert_rows(conn: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> N
         )  # fmt: skip
 
 
+def _load_world(conn: psycopg.Connection[Any], rows: list[dict[str, Any]], kinds: dict[str, int]) -> None:
+    """Replace whatever the database held by this world: spaces, access records, rows; then ANALYZE."""
+    _reset(conn)
+    _grant_spaces(conn)
+    for pid, kind in kinds.items():
+        _access(conn, pid, kind, next(r["space"] for r in rows if r["page"] == pid))
+    _insert_rows(conn, rows)
+    conn.execute("ANALYZE data_confluence")
+
+
 async def _exact_pool(url: str) -> AsyncConnectionPool:
     async def configure(conn: AsyncConnection[Any]) -> None:
         await register_vector_async(conn)
@@ -212,12 +222,7 @@ def test_big_world_person_answer_equals_answer_without_unreadable_rows(
     rows, kinds = _world_rows(seed, pages, share_readable, probs)
     readable = sorted(pid for pid, kind in kinds.items() if kind in READABLE)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        _reset(conn)
-        _grant_spaces(conn)
-        for pid, kind in kinds.items():
-            _access(conn, pid, kind, next(r["space"] for r in rows if r["page"] == pid))
-        _insert_rows(conn, rows)
-        conn.execute("ANALYZE data_confluence")
+        _load_world(conn, rows, kinds)
         sampled = max((_readable_sample_holding(conn, w, readable) for w in set(query.split()) & set(VOCAB)), default=0)
     event(f"a query word takes the sample branch: {sampled >= SAMPLE_MIN}")
     tuning = SearchTuning(fusion=fusion)
@@ -487,12 +492,7 @@ def test_a_persons_answer_does_not_depend_on_the_order_word_weights_are_summed(d
                               "tuning": SearchTuning(fusion=Fusion.RRF)}  # fmt: skip
     for _ in range(2):  # a second world over the dead rows of the first: another physical order, other plans
         with psycopg.connect(db_url, autocommit=True) as conn:
-            _reset(conn)
-            _grant_spaces(conn)
-            for pid, kind in kinds.items():
-                _access(conn, pid, kind, next(r["space"] for r in rows if r["page"] == pid))
-            _insert_rows(conn, rows)
-            conn.execute("ANALYZE data_confluence")
+            _load_world(conn, rows, kinds)
         hits = asyncio.run(_search_exact(db_url, query, **kwargs))
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute("DELETE FROM data_confluence WHERE NOT (metadata_ ->> 'ref_doc_id' = ANY (%s))", (readable,))
