@@ -13,12 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from app.search import search
 from app.term_counts import TRIGGERS, ensure_term_counts, fold_term_deltas
 from app.vector_store import VectorStore
-from tests.integration.test_search import CORPUS, TABLE, load_corpus, make_page, write_page
+from tests.integration.test_search import CORPUS, TABLE, load_corpus, make_page, rankings, write_page
 from tests.integration.test_term_counts import RELATION, kept, truth
-from tests.unit._embed import FakeQueryEmbedder
 
 
 async def _check(conn: psycopg.AsyncConnection[Any], label: str) -> None:
@@ -258,17 +256,12 @@ HOSTILE = [
 
 async def test_hostile_queries_with_and_without_counts(pool: Any) -> None:
     await load_corpus(pool)
-    embedder = FakeQueryEmbedder()
-
-    async def run() -> list[list[tuple[str, float]]]:
-        return [[(h.node_id, h.score) for h in await search(pool, embedder, TABLE, q, k=10)] for q in HOSTILE]
-
-    counted = await run()
+    counted = await rankings(pool, HOSTILE)
     async with pool.connection() as conn:
         tables = await (await conn.execute("SELECT count(*) FROM cv_term_counts")).fetchone()
         assert tables is not None and tables[0] > 0
         await conn.execute("DELETE FROM cv_term_counts; DELETE FROM cv_term_deltas")
-    assert await run() == counted
+    assert await rankings(pool, HOSTILE) == counted
 
 
 async def test_counts_after_a_reindex(db_url: str) -> None:

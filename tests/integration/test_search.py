@@ -434,6 +434,16 @@ async def load_corpus(pool: Any, pages: Any = None) -> None:
         await write_page(store, make_page(page_id, space, title, labels), sections)
 
 
+#: The questions plus an error code, a ticket key and a stop word: the queries a ranking comparison runs.
+RANKING_QUERIES = [q for q, _ in QUESTIONS] + ["what does error ERR-4711 mean?", "OPS-123", "the"]
+
+
+async def rankings(pool: Any, queries: list[str] = RANKING_QUERIES) -> list[list[tuple[str, float]]]:
+    """Each query's top 10 (hybrid, service account) as (node id, score): what must not change between two states."""
+    embedder = FakeQueryEmbedder()
+    return [[(h.node_id, h.score) for h in await search(pool, embedder, TABLE, q, k=10)] for q in queries]
+
+
 @pytest.mark.parametrize("mode", list(SearchMode))
 async def test_questions_find_their_page_first(pool: Any, mode: SearchMode) -> None:
     await load_corpus(pool)
@@ -506,16 +516,10 @@ async def test_ranking_does_not_depend_on_when_the_table_was_last_analyzed(pool:
     async with pool.connection() as conn:
         await conn.execute(f"ANALYZE data_{TABLE}")  # statistics of a third of the wiki
     await load_corpus(pool, CORPUS[third:])
-    embedder = FakeQueryEmbedder()
-    queries = [q for q, _ in QUESTIONS] + ["what does error ERR-4711 mean?", "OPS-123", "the"]
-
-    async def rankings() -> list[list[tuple[str, float]]]:
-        return [[(h.node_id, h.score) for h in await search(pool, embedder, TABLE, q, k=10)] for q in queries]
-
-    stale = await rankings()
+    stale = await rankings(pool)
     async with pool.connection() as conn:
         await conn.execute(f"ANALYZE data_{TABLE}")
-    assert await rankings() == stale
+    assert await rankings(pool) == stale
 
 
 @pytest.mark.parametrize("mode", list(SearchMode))

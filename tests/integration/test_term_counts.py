@@ -8,11 +8,9 @@ from typing import Any
 
 import psycopg
 
-from app.search import search
 from app.term_counts import FOLD_LOCK, ROW_COUNT, TRIGGERS, ensure_term_counts, fold_term_deltas
 from app.vector_store import VectorStore
-from tests.integration.test_search import CORPUS, QUESTIONS, TABLE, load_corpus, make_page, write_page
-from tests.unit._embed import FakeQueryEmbedder
+from tests.integration.test_search import CORPUS, TABLE, load_corpus, make_page, rankings, write_page
 
 RELATION = f"data_{TABLE}"
 
@@ -131,13 +129,7 @@ async def test_a_table_without_counts_ranks_as_one_with_them(pool: Any) -> None:
     """A table no migration equipped (written by another program) falls back to counting on the GIN index: on a
     table this small that count is exact, so the rankings are the same."""
     await load_corpus(pool)
-    embedder = FakeQueryEmbedder()
-    queries = [q for q, _ in QUESTIONS] + ["what does error ERR-4711 mean?", "OPS-123", "the"]
-
-    async def rankings() -> list[list[tuple[str, float]]]:
-        return [[(h.node_id, h.score) for h in await search(pool, embedder, TABLE, q, k=10)] for q in queries]
-
-    counted = await rankings()
+    counted = await rankings(pool)
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM cv_term_counts; DELETE FROM cv_term_deltas")
-    assert await rankings() == counted
+    assert await rankings(pool) == counted
