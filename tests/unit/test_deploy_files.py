@@ -142,6 +142,12 @@ def test_compose_postgres_is_pgvector_with_healthcheck_and_volume(compose: dict[
     assert named <= set(compose.get("volumes") or {}), "a named volume must be declared at top level"
 
 
+def test_compose_postgres_gets_more_than_the_default_shared_buffers(compose: dict[str, Any]) -> None:
+    """Postgres's 128MB default doubled search p99 at 1M chunks (bench/RESULTS.md, search_scale)."""
+    command = compose["services"]["postgres"]["command"]
+    assert command[0] == "postgres" and "shared_buffers=${POSTGRES_SHARED_BUFFERS:-1GB}" in command, command
+
+
 def test_compose_app_services_run_real_commands_after_postgres(compose: dict[str, Any]) -> None:
     import typer
 
