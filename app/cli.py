@@ -240,6 +240,29 @@ def reindex(
         console.print(f"[yellow]failed, queued for the worker:[/yellow] {failure}")
 
 
+@cli.command("rebuild-hnsw-index")
+def rebuild_hnsw_index(
+    maintenance_work_mem: Annotated[
+        str | None,
+        typer.Option(help="maintenance_work_mem of the build, e.g. 4GB: pgvector builds fastest while the graph fits."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the index has the parameters.")] = False,
+) -> None:
+    """Rebuild the HNSW index with HNSW_M and HNSW_EF_CONSTRUCTION, concurrently: search and writes go on."""
+    from app.hnsw import rebuild_hnsw_index as do_rebuild
+
+    settings = _settings()
+    report = _run(lambda: do_rebuild(settings, console, maintenance_work_mem=maintenance_work_mem, force=force))
+    before = "none" if report.before is None else f"m={report.before[0]}, ef_construction={report.before[1]}"
+    if not report.rebuilt:
+        console.print(f"The HNSW index of {report.table} already has {before}: nothing to do (--force rebuilds).")
+        return
+    console.print(
+        f"Rebuilt the HNSW index of {report.table} in {report.seconds:.0f}s: {before} -> m={report.after[0]}, "
+        f"ef_construction={report.after[1]} ({report.index_bytes / 2**20:,.0f} MiB)."
+    )
+
+
 @cli.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Pages indexed, pending, failed (with last error), chunks, queue depth, last reconciliation."""

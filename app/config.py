@@ -107,6 +107,17 @@ class Settings(BaseSettings):
     )
 
     # --- Queue / worker -------------------------------------------------------------------------------
+    hnsw_m: Annotated[int, Field(ge=2, le=100)] = Field(
+        default=16,
+        description="HNSW graph degree m of a new index (pgvector's default; pgvector allows 2-100). An existing "
+        "index keeps what it was built with until `rebuild-hnsw-index`.",
+    )
+    hnsw_ef_construction: Annotated[int, Field(ge=4, le=1000)] = Field(
+        default=64,
+        description="HNSW ef_construction of a new index (pgvector's default 64; 4-1000, at least 2 x HNSW_M). "
+        "Raise it from about a million chunks, where 64 leaves true neighbours unreachable whatever "
+        "HNSW_EF_SEARCH (bench/search_scale.py); apply it with `rebuild-hnsw-index`.",
+    )
     worker_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     worker_heartbeat_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
         default=10.0, description="A worker silent for 3x this long is presumed dead; its jobs are retried."
@@ -243,6 +254,10 @@ class Settings(BaseSettings):
             )
         if self.chunk_size > self.embed_max_tokens:
             raise ValueError(f"CHUNK_SIZE ({self.chunk_size}) exceeds EMBED_MAX_TOKENS ({self.embed_max_tokens})")
+        if self.hnsw_ef_construction < 2 * self.hnsw_m:  # pgvector refuses to build such an index (hnswbuild.c)
+            raise ValueError(
+                f"HNSW_EF_CONSTRUCTION ({self.hnsw_ef_construction}) must be at least 2 x HNSW_M ({self.hnsw_m})"
+            )
         if self.confluence_email and not self.confluence_api_token:
             raise ValueError("CONFLUENCE_EMAIL is set but CONFLUENCE_API_TOKEN is not")
         return self

@@ -26,7 +26,7 @@ from app.term_counts import ensure_term_counts
 log = logging.getLogger(__name__)
 
 #: Arbitrary, fixed key: only one process applies the schema at a time.
-_MIGRATION_LOCK = 727_271_001
+MIGRATION_LOCK = 727_271_001
 
 _embedded_servers: dict[Path, Any] = {}
 
@@ -202,15 +202,23 @@ async def migrate(url: str, settings: Settings, *, table: str | None = None) -> 
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to Postgres: {exc}") from exc
     async with conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             await conn.execute(_schema_sql())
-            await ensure_vector_table(conn, table, settings.embed_dim, settings.vector_type)
+            await ensure_vector_table(
+                conn,
+                table,
+                settings.embed_dim,
+                settings.vector_type,
+                m=settings.hnsw_m,
+                ef_construction=settings.hnsw_ef_construction,
+            )
+            await warn_on_other_hnsw_parameters(conn, table, settings)
             await check_index_model(conn, table, settings.embed_model, settings.embed_dim)
             await _apply_procrastinate_schema(conn)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
 #: Postgres keeps the first NAMEDATALEN-1 = 63 bytes of an identifier ("Identifiers and Key Words", PostgreSQL
@@ -243,16 +251,71 @@ def vector_index_names(table: str) -> dict[str, str]:
     return {role: fit_identifier(name) for role, name in names.items()}
 
 
-def hnsw_index_sql(table: str, vector_type: str = "vector") -> sql.Composed:
-    """The HNSW cosine index of `data_<table>` (pgvector README: `vector_cosine_ops`, or `halfvec_cosine_ops` for
-    a halfvec column; m=16, ef_construction=64)."""
+def hnsw_index_sql(
+    table: str,
+    vector_type: str = "vector",
+    *,
+    m: int = 16,
+    ef_construction: int = 64,
+    name: str | None = None,
+    concurrently: bool = False,
+) -> sql.Composed:
+    """The HNSW cosine index of `data_<table>` (pgvector README, "HNSW": `vector_cosine_ops`, or
+    `halfvec_cosine_ops` for a halfvec column; m and ef_construction, pgvector's defaults 16 and 64, are the
+    settings HNSW_M and HNSW_EF_CONSTRUCTION). `name`: another name than the index's own (a rebuild's)."""
     return sql.SQL(
-        "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops}) WITH (m = 16, ef_construction = 64)"
+        "CREATE INDEX {concurrently} IF NOT EXISTS {i} ON {t} USING hnsw (embedding {ops}) "
+        "WITH (m = {m}, ef_construction = {ef_construction})"
     ).format(
-        i=sql.Identifier(vector_index_names(table)["embedding"]),
+        concurrently=sql.SQL("CONCURRENTLY" if concurrently else ""),
+        i=sql.Identifier(name or vector_index_names(table)["embedding"]),
         t=sql.Identifier(f"data_{table}"),
         ops=sql.SQL(VECTOR_OPS[vector_type]),
+        m=sql.Literal(m),
+        ef_construction=sql.Literal(ef_construction),
     )
+
+
+#: pgvector's defaults, what an index built without WITH (...) has (pgvector README, "Index Options").
+HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}
+
+
+async def hnsw_parameters(
+    conn: psycopg.AsyncConnection[Any], table: str, index: str | None = None
+) -> tuple[int, int] | None:
+    """(m, ef_construction) the HNSW index of `data_<table>` (or the index named `index`) was built with, from
+    its storage options (`pg_class.reloptions`, e.g. `{m=16,ef_construction=64}`); pgvector's defaults for an
+    option it does not name. None when there is no such index."""
+    row = await (
+        await conn.execute(
+            "SELECT c.reloptions FROM pg_class AS c WHERE c.oid = to_regclass(quote_ident(%s))",
+            (index or vector_index_names(table)["embedding"],),
+        )
+    ).fetchone()
+    if row is None:
+        return None
+    options = dict(HNSW_DEFAULTS)
+    for option in row[0] or []:
+        key, _, value = str(option).partition("=")
+        if key in options:
+            options[key] = int(value)
+    return options["m"], options["ef_construction"]
+
+
+async def warn_on_other_hnsw_parameters(conn: psycopg.AsyncConnection[Any], table: str, settings: Settings) -> None:
+    """Say at start-up when the table's HNSW index was built with other parameters than the settings name:
+    pgvector fixes them at build time, so a changed HNSW_M / HNSW_EF_CONSTRUCTION needs `rebuild-hnsw-index`."""
+    built = await hnsw_parameters(conn, table)
+    wanted = (settings.hnsw_m, settings.hnsw_ef_construction)
+    if built is not None and built != wanted:
+        log.warning(
+            "the HNSW index of data_%s was built with m=%d, ef_construction=%d; the settings say m=%d, "
+            "ef_construction=%d: run `confluence-vectors rebuild-hnsw-index` to rebuild it (search and writes go "
+            "on meanwhile)",
+            table,
+            *built,
+            *wanted,
+        )
 
 
 #: Operator class of the HNSW cosine index per embedding column type (pgvector README, "HNSW").
@@ -300,7 +363,13 @@ SEARCH_DOCUMENT = (
 
 
 async def ensure_vector_table(
-    conn: psycopg.AsyncConnection[Any], table: str, dim: int, vector_type: str = "vector"
+    conn: psycopg.AsyncConnection[Any],
+    table: str,
+    dim: int,
+    vector_type: str = "vector",
+    *,
+    m: int = 16,
+    ef_construction: int = 64,
 ) -> None:
     """The `data_<table>` table exactly as LlamaIndex's `PGVectorStore` (hybrid, jsonb) models it, plus
     what our write path needs: a unique `node_id` (so no duplicate can ever exist), an HNSW cosine index,
@@ -339,7 +408,7 @@ async def ensure_vector_table(
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'space_key'))").format(
             i=names["space_key"], t=t
         ),
-        hnsw_index_sql(table, vector_type),
+        hnsw_index_sql(table, vector_type, m=m, ef_construction=ef_construction),
     ]
     if vector_type not in VECTOR_OPS:
         raise ValueError(f"unknown vector type {vector_type!r}")
