@@ -468,10 +468,13 @@ async def ensure_vector_table(
     btree indexes on the metadata we filter by, and the triggers that keep its word counts (`app.term_counts`).
     """
     t = sql.Identifier(f"data_{table}")
-    names = {role: sql.Identifier(name) for role, name in vector_index_names(table).items()}
-    statements = [
-        sql.SQL(
-            """CREATE TABLE IF NOT EXISTS {t} (
+    index = vector_index_names(table)
+    names = {role: sql.Identifier(name) for role, name in index.items()}
+    statements: list[tuple[str | None, sql.Composed]] = [
+        (
+            None,
+            sql.SQL(
+                """CREATE TABLE IF NOT EXISTS {t} (
                 id BIGSERIAL PRIMARY KEY,
                 text VARCHAR NOT NULL,
                 metadata_ JSONB,
@@ -479,32 +482,54 @@ async def ensure_vector_table(
                 embedding {vector_type}({dim}),
                 text_search_tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
             )"""
-        ).format(t=t, dim=sql.Literal(dim), vector_type=sql.SQL(vector_type)),
-        sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (node_id)").format(i=names["node_id"], t=t),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (text_search_tsv)").format(i=names["tsv"], t=t),
-        # Our own full-text document (app.search's lexical ranking); added to tables created before it existed.
-        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} TSVECTOR GENERATED ALWAYS AS ({doc}) STORED").format(
-            t=t, c=sql.Identifier(SEARCH_COLUMN), doc=sql.SQL(SEARCH_DOCUMENT)
+            ).format(t=t, dim=sql.Literal(dim), vector_type=sql.SQL(vector_type)),
         ),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin ({c})").format(
-            i=names["search"], t=t, c=sql.Identifier(SEARCH_COLUMN)
+        (
+            index["node_id"],
+            sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (node_id)").format(i=names["node_id"], t=t),
+        ),
+        (
+            index["tsv"],
+            sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (text_search_tsv)").format(i=names["tsv"], t=t),
+        ),
+        # Our own full-text document (app.search's lexical ranking); added to tables created before it existed.
+        (
+            f"column:{SEARCH_COLUMN}",
+            sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} TSVECTOR GENERATED ALWAYS AS ({doc}) STORED").format(
+                t=t, c=sql.Identifier(SEARCH_COLUMN), doc=sql.SQL(SEARCH_DOCUMENT)
+            ),
+        ),
+        (
+            index["search"],
+            sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin ({c})").format(
+                i=names["search"], t=t, c=sql.Identifier(SEARCH_COLUMN)
+            ),
         ),
         # One row in 16 of the same document, on its own: a person's word counts are estimated from it
         # (app.search `_VIEWER_STATISTICS`).
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin ({c}) WHERE {sample}").format(
-            i=names["search_sample"], t=t, c=sql.Identifier(SEARCH_COLUMN), sample=sample_predicate()
+        (
+            index["search_sample"],
+            sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin ({c}) WHERE {sample}").format(
+                i=names["search_sample"], t=t, c=sql.Identifier(SEARCH_COLUMN), sample=sample_predicate()
+            ),
         ),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'ref_doc_id'))").format(
-            i=names["ref_doc_id"], t=t
+        (
+            index["ref_doc_id"],
+            sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'ref_doc_id'))").format(
+                i=names["ref_doc_id"], t=t
+            ),
         ),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'space_key'))").format(
-            i=names["space_key"], t=t
+        (
+            index["space_key"],
+            sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ((metadata_ ->> 'space_key'))").format(
+                i=names["space_key"], t=t
+            ),
         ),
-        hnsw_index_sql(table, vector_type, m=m, ef_construction=ef_construction),
+        (index["embedding"], hnsw_index_sql(table, vector_type, m=m, ef_construction=ef_construction)),
     ]
     if vector_type not in VECTOR_OPS:
         raise ValueError(f"unknown vector type {vector_type!r}")
-    await conn.execute(statements[0])
+    await conn.execute(statements[0][1])
     built = await embedding_type(conn, table)
     if built != vector_type:
         raise IndexModelMismatch(
@@ -512,9 +537,29 @@ async def ensure_vector_table(
             f"VECTOR_TYPE={vector_type}: restore the old setting, or run `confluence-vectors reindex` to rebuild "
             "the table with the new type (search keeps working on the old table meanwhile)."
         )
-    for statement in statements[1:]:
-        await conn.execute(statement)
+    # What exists already is left alone, unlocked: even with IF NOT EXISTS, CREATE INDEX takes a SHARE lock on the
+    # table (waiting for writers, and for a concurrent index build or drop, for as long as that runs) and ALTER
+    # TABLE an ACCESS EXCLUSIVE one, before looking. A start must not queue behind `rebuild-hnsw-index`.
+    present = await _existing(conn, table, [name for name, _ in statements[1:] if name is not None])
+    for name, statement in statements[1:]:
+        if name is None or name not in present:
+            await conn.execute(statement)
     await ensure_term_counts(conn, table)
+
+
+async def _existing(conn: psycopg.AsyncConnection[Any], table: str, names: list[str]) -> set[str]:
+    """Which of `names` exist: relations (indexes), or columns of `data_<table>` given as "column:<name>"."""
+    row = await (
+        await conn.execute(
+            """SELECT array(SELECT n FROM unnest(%(names)s::text[]) AS n
+                            WHERE n NOT LIKE 'column:%%' AND to_regclass(quote_ident(n)) IS NOT NULL)
+                      || array(SELECT 'column:' || a.attname FROM pg_attribute AS a
+                               WHERE a.attrelid = to_regclass(quote_ident(%(table)s)) AND a.attnum > 0
+                                 AND NOT a.attisdropped)""",
+            {"names": names, "table": f"data_{table}"},
+        )
+    ).fetchone()
+    return set(row[0]) if row else set()
 
 
 async def check_index_model(conn: psycopg.AsyncConnection[Any], table: str, model: str, dim: int) -> None:

@@ -9,12 +9,15 @@ HNSW_EF_CONSTRUCTION shape every new index; this command applies them to the exi
 too, but it re-embeds every page.
 
 The new index is built `CREATE INDEX CONCURRENTLY` under a name of its own (pgvector README, "Indexing": create
-indexes concurrently in production, so writes are not blocked), then the old one is dropped `CONCURRENTLY` and
-the new one takes its name. Both indexes are valid answers while both exist. Each step can be interrupted: a run
-finds what the previous one left (a half-built index is dropped and built again; a finished one that lost its old
-index only needs its name). It holds `app.reindex.REINDEX_LOCK`, so it never meets a `reindex` renaming the same
-table's indexes, and takes the migration lock for the drop and rename, so a service starting meanwhile never
-builds a second index under the old name.
+indexes concurrently in production, so writes are not blocked). Then one short transaction renames the old index
+aside and the new one into its name (renaming takes a lock that reads and writes pass), and the old one is
+dropped `CONCURRENTLY` afterwards: that drop waits for transactions still using the table (an idle session
+holding one waits it out), but by then the table's index has its name and the new parameters, and nothing else
+waits on the rebuild. Both indexes are valid answers while both exist. Every step can be interrupted: a run finds
+what the previous one left (an index renamed aside is dropped; a finished new index is swapped in; a half-built
+one is dropped and built again). It holds `app.reindex.REINDEX_LOCK`, so it never meets a `reindex` renaming the
+same table's indexes, and takes the migration lock for the renames, so a service starting meanwhile always finds
+the index under its name and never builds a second one.
 """
 
 from __future__ import annotations
@@ -76,6 +79,16 @@ def rebuild_name(table_oid: int) -> str:
     return f"cv_hnsw_rebuild_{table_oid}"
 
 
+def retired_name(table_oid: int) -> str:
+    """The old index's name between the swap and its drop."""
+    return f"cv_hnsw_retired_{table_oid}"
+
+
+#: How long the drop of the old index waits for transactions still using the table before it gives up (the
+#: new index is in place by then; the next run drops the old one). Also bounds each rename's wait.
+DROP_WAIT_SECONDS = 300
+
+
 async def rebuild_hnsw_index(
     settings: Settings,
     console: Console | None = None,
@@ -93,10 +106,18 @@ async def rebuild_hnsw_index(
     """
     try:
         return await _rebuild(settings, console, maintenance_work_mem=maintenance_work_mem, force=force)
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"the HNSW rebuild lost Postgres: {exc}") from exc
     except psycopg.Error as exc:
+        if _connection_lost(exc):
+            raise DatabaseUnavailable(f"the HNSW rebuild could not reach Postgres or lost it: {exc}") from exc
         raise HnswRebuildFailed(f"Postgres refused the HNSW rebuild: {exc}") from exc
+
+
+def _connection_lost(exc: psycopg.Error) -> bool:
+    """A connection that failed or broke, or a server shutting down (SQLSTATE class 08, 57P01-57P03), as opposed
+    to Postgres answering no: a cancel or statement/lock timeout (57014, 55P03), out of memory or disk (class 53),
+    a bad value (22023) are refusals, although psycopg raises some of them as `OperationalError`."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
 
 
 async def _rebuild(
@@ -117,18 +138,24 @@ async def _rebuild(
             vector_type = await embedding_type(conn, table)
             if oid_row is None or oid_row[0] is None or vector_type is None:
                 raise VectorTableMissing(f"there is no vector table {physical}: start the service once first")
-            new = rebuild_name(int(oid_row[0]))
-            await _finish_interrupted(conn, name, new)
+            oid = int(oid_row[0])
+            live_valid = await _finish_interrupted(conn, name, rebuild_name(oid), retired_name(oid), console)
             before = await hnsw_parameters(conn, table)
             rebuilt = False
-            if before != wanted or force:
+            if before != wanted or force or not live_valid:
                 if maintenance_work_mem is not None:
                     await conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
                 build = hnsw_index_sql(
-                    table, vector_type, m=wanted[0], ef_construction=wanted[1], name=new, concurrently=True
+                    table,
+                    vector_type,
+                    m=wanted[0],
+                    ef_construction=wanted[1],
+                    name=rebuild_name(oid),
+                    concurrently=True,
                 )
                 await _with_progress(conn, url, physical, build, console)
-                await _swap(conn, name, new)
+                await _swap(conn, name, rebuild_name(oid), retired_name(oid))
+                await _drop_retired(conn, name, retired_name(oid), console)
                 rebuilt = True
             size = await (
                 await conn.execute("SELECT pg_relation_size(to_regclass(quote_ident(%s)))", (name,))
@@ -147,36 +174,84 @@ async def _rebuild(
             await conn.execute("SELECT pg_advisory_unlock(%s)", (REINDEX_LOCK,))
 
 
-async def _finish_interrupted(conn: AsyncConnection[Any], name: str, new: str) -> None:
-    """Take over what an interrupted run left: with the old index gone, a valid new one only needs its name;
-    otherwise a new one (possibly INVALID, half-built) is dropped and built again."""
+async def _finish_interrupted(
+    conn: AsyncConnection[Any], name: str, new: str, retired: str, console: Console | None
+) -> bool:
+    """Take over what an interrupted run left, and say whether the index under `name` is valid.
+
+    An old index renamed aside (`retired`, valid or left INVALID by a cancelled drop) is dropped. A finished,
+    valid `new` index is swapped in (so a build is never thrown away); a half-built (INVALID) one is dropped. A
+    `new` index without any under `name` (by hand) only takes the name."""
+    present = await _indexes(conn, name, new, retired)
+    if retired in present:
+        await _drop_retired(conn, name, retired, console)
+    if new in present:
+        if present[new]:
+            if name in present:
+                await _swap(conn, name, new, retired)
+                await _drop_retired(conn, name, retired, console)
+            else:
+                await _rename(conn, new, name)
+        else:
+            await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {i}").format(i=sql.Identifier(new)))
+    return (await _indexes(conn, name)).get(name, False)
+
+
+async def _indexes(conn: AsyncConnection[Any], *names: str) -> dict[str, bool]:
+    """Which of `names` exist, each with whether it is valid (`pg_index.indisvalid`)."""
     rows = await (
         await conn.execute(
-            "SELECT c.relname, i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid "
-            "WHERE c.oid IN (to_regclass(quote_ident(%s)), to_regclass(quote_ident(%s)))",
-            (name, new),
+            "SELECT c.relname, i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+            " WHERE c.oid = ANY (SELECT to_regclass(quote_ident(n)) FROM unnest(%s::text[]) AS n)",
+            (list(names),),
         )
     ).fetchall()
-    present = {str(relname): bool(valid) for relname, valid in rows}
-    if new not in present:
-        return
-    if name not in present and present[new]:
-        await _swap(conn, name, new)
-        return
-    await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {i}").format(i=sql.Identifier(new)))
+    return {str(relname): bool(valid) for relname, valid in rows}
 
 
-async def _swap(conn: AsyncConnection[Any], name: str, new: str) -> None:
-    """Drop the old index and give the new one its name, under the migration lock (a service starting meanwhile
-    would otherwise create a second index under the old name). `DROP INDEX CONCURRENTLY` waits for the searches
-    using the old index instead of blocking the table; the rename takes a lock that reads and writes pass."""
+async def _swap(conn: AsyncConnection[Any], name: str, new: str, retired: str) -> None:
+    """In one transaction, under the migration lock: the old index becomes `retired`, the new one `name`.
+
+    `ALTER INDEX ... RENAME` takes SHARE UPDATE EXCLUSIVE on the index (PostgreSQL docs, ALTER INDEX), which
+    reads and writes pass, so neither waits; a service starting meanwhile (it creates the index IF NOT EXISTS
+    under the migration lock) finds it under its name before and after."""
     await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
-        await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {i}").format(i=sql.Identifier(name)))
-        rename = sql.SQL("ALTER INDEX {new} RENAME TO {i}").format(new=sql.Identifier(new), i=sql.Identifier(name))
-        await conn.execute(rename)
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{DROP_WAIT_SECONDS}s",))
+            await _rename(conn, name, retired)
+            await _rename(conn, new, name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+async def _rename(conn: AsyncConnection[Any], old: str, new: str) -> None:
+    await conn.execute(
+        sql.SQL("ALTER INDEX {old} RENAME TO {new}").format(old=sql.Identifier(old), new=sql.Identifier(new))
+    )
+
+
+async def _drop_retired(conn: AsyncConnection[Any], name: str, retired: str, console: Console | None) -> None:
+    """Drop the old index, waiting at most `DROP_WAIT_SECONDS` for the transactions still using the table
+    (`DROP INDEX CONCURRENTLY` waits for every one, idle ones too). Raises `HnswRebuildFailed` saying the new
+    index is in place when it cannot; the next run drops the old one."""
+    drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {i}").format(i=sql.Identifier(retired))
+    await conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{DROP_WAIT_SECONDS}s",))
+    try:
+        if console is None:
+            await conn.execute(drop)
+        else:
+            with console.status(f"dropping the old index {retired} once the transactions using the table end…"):
+                await conn.execute(drop)
+    except psycopg.Error as exc:
+        if _connection_lost(exc):
+            raise
+        raise HnswRebuildFailed(
+            f"the rebuilt index is in place as {name}, but the old one, {retired}, could not be dropped ({exc}); "
+            "run the command again to drop it (an open transaction on the table holds it: see pg_stat_activity)"
+        ) from exc
+    finally:
+        await conn.execute("SELECT set_config('lock_timeout', '0', false)")
 
 
 async def _with_progress(

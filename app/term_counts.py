@@ -55,7 +55,15 @@ CREATE TABLE IF NOT EXISTS cv_term_deltas (
     lexeme TEXT NOT NULL,
     delta  BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS cv_term_deltas_lexeme_idx ON cv_term_deltas (relid, lexeme) INCLUDE (delta);
+-- Created only when missing: CREATE INDEX takes a SHARE lock before it looks, even with IF NOT EXISTS, and every
+-- write to a vector table writes here, so a start would wait for (and hold up) the writes in flight.
+DO $$
+BEGIN
+    IF to_regclass('cv_term_deltas_lexeme_idx') IS NULL THEN
+        CREATE INDEX IF NOT EXISTS cv_term_deltas_lexeme_idx ON cv_term_deltas (relid, lexeme) INCLUDE (delta);
+    END IF;
+END
+$$;
 
 -- SET search_path FROM CURRENT: the schema the migration created the tables in, whatever the writer's own
 -- search_path (pg_restore --data-only writes with an empty one).

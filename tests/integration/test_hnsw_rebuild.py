@@ -262,3 +262,79 @@ def test_the_command_reports_what_it_did(db_url: str) -> None:
     assert again.returncode == 0 and "nothing to do" in " ".join(again.stdout.split())
     bad = subprocess.run([*command[:-1], "lots", "--force"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "maintenance_work_mem" in " ".join(bad.stderr.split()), bad.stderr
+
+
+async def test_a_service_start_during_the_build_does_not_wait_for_it(db_url: str) -> None:
+    """`migrate` runs at every start; CREATE INDEX IF NOT EXISTS takes a SHARE lock on the table before it looks,
+    which would queue every start (and, behind it, every write) for the whole concurrent build (an hour at 1M
+    chunks). A start only creates what is missing."""
+    async with await _connect(db_url) as conn:
+        await _insert(conn, _unit(20, seed=8), "row")
+    holder = await _connect(db_url)
+    await holder.set_autocommit(False)
+    await _insert(holder, _unit(1, seed=9), "open")  # holds the build mid-way ("waiting for writers")
+    settings = make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40)
+    build = asyncio.create_task(rebuild_hnsw_index(settings))
+    try:
+        async with await _connect(db_url) as watcher:
+            for _ in range(600):
+                row = await (
+                    await watcher.execute(
+                        "SELECT phase FROM pg_stat_progress_create_index WHERE relid = %s::regclass", (TABLE,)
+                    )
+                ).fetchone()
+                if row is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the build never started")
+        await asyncio.wait_for(migrate(db_url, settings), timeout=15)
+        assert not build.done()
+        await holder.commit()
+        await asyncio.wait_for(build, timeout=120)
+    finally:
+        await holder.close()
+
+
+async def test_a_finished_build_left_by_an_interrupted_run_is_swapped_in_not_built_again(db_url: str) -> None:
+    async with await _connect(db_url) as conn:
+        await _insert(conn, _unit(40, seed=10), "row")
+        finished = rebuild_name(await _table_oid(conn))
+        await conn.execute(
+            f"CREATE INDEX {finished} ON {TABLE} USING hnsw (embedding vector_cosine_ops)"
+            " WITH (m = 8, ef_construction = 40)"
+        )
+        built = await (await conn.execute("SELECT %s::regclass::oid", (finished,))).fetchone()
+    report = await rebuild_hnsw_index(make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40))
+    assert (report.before, report.rebuilt) == ((8, 40), False)
+    async with await _connect(db_url) as conn:
+        assert await _hnsw_indexes(conn) == [(INDEX, True)]
+        kept = await (await conn.execute("SELECT %s::regclass::oid", (INDEX,))).fetchone()
+        assert kept == built, "the finished build is the index now"
+
+
+async def test_an_old_index_held_by_an_idle_transaction_is_left_for_the_next_run_with_a_clear_error(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drop of the old index waits for every transaction using the table; an idle one could hold it forever.
+    After `DROP_WAIT_SECONDS` the command stops and says the new index is in place; the next run drops the old."""
+    import app.hnsw
+
+    monkeypatch.setattr(app.hnsw, "DROP_WAIT_SECONDS", 1)
+    async with await _connect(db_url) as conn:
+        await _insert(conn, _unit(30, seed=11), "row")
+    reader = await _connect(db_url)
+    await reader.set_autocommit(False)
+    await reader.execute(f"SELECT id FROM {TABLE} LIMIT 1")
+    settings = make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40)
+    try:
+        with pytest.raises(HnswRebuildFailed, match=r"in place as .*could not be dropped"):
+            await asyncio.wait_for(rebuild_hnsw_index(settings), timeout=120)
+        async with await _connect(db_url) as conn:
+            assert await hnsw_parameters(conn, "confluence") == (8, 40), "the new index answers under the name"
+    finally:
+        await reader.close()
+    report = await rebuild_hnsw_index(settings)
+    assert not report.rebuilt
+    async with await _connect(db_url) as conn:
+        assert await _hnsw_indexes(conn) == [(INDEX, True)]
