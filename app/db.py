@@ -380,8 +380,9 @@ async def hnsw_parameters(
     option it does not name. None when there is no such index."""
     row = await (
         await conn.execute(
-            "SELECT c.reloptions FROM pg_class AS c WHERE c.oid = to_regclass(quote_ident(%s))",
-            (index or vector_index_names(table)["embedding"],),
+            "SELECT c.reloptions FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = to_regclass(quote_ident(%s)) AND c.relname = %s",
+            (f"data_{table}", index or vector_index_names(table)["embedding"]),
         )
     ).fetchone()
     if row is None:
@@ -548,11 +549,13 @@ async def ensure_vector_table(
 
 
 async def _existing(conn: psycopg.AsyncConnection[Any], table: str, names: list[str]) -> set[str]:
-    """Which of `names` exist: relations (indexes), or columns of `data_<table>` given as "column:<name>"."""
+    """Which of `names` exist on `data_<table>` (the one the search_path finds, as CREATE TABLE IF NOT EXISTS
+    just did): its indexes by name, its columns as "column:<name>". Never another table's index of the same name
+    in another schema (a schema per tenant)."""
     row = await (
         await conn.execute(
-            """SELECT array(SELECT n FROM unnest(%(names)s::text[]) AS n
-                            WHERE n NOT LIKE 'column:%%' AND to_regclass(quote_ident(n)) IS NOT NULL)
+            """SELECT array(SELECT c.relname::text FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                            WHERE i.indrelid = to_regclass(quote_ident(%(table)s)) AND c.relname = ANY (%(names)s))
                       || array(SELECT 'column:' || a.attname FROM pg_attribute AS a
                                WHERE a.attrelid = to_regclass(quote_ident(%(table)s)) AND a.attnum > 0
                                  AND NOT a.attisdropped)""",

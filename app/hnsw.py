@@ -139,7 +139,7 @@ async def _rebuild(
             if oid_row is None or oid_row[0] is None or vector_type is None:
                 raise VectorTableMissing(f"there is no vector table {physical}: start the service once first")
             oid = int(oid_row[0])
-            live_valid = await _finish_interrupted(conn, name, rebuild_name(oid), retired_name(oid), console)
+            live_valid = await _finish_interrupted(conn, physical, name, rebuild_name(oid), retired_name(oid), console)
             before = await hnsw_parameters(conn, table)
             rebuilt = False
             if before != wanted or force or not live_valid:
@@ -154,11 +154,16 @@ async def _rebuild(
                     concurrently=True,
                 )
                 await _with_progress(conn, url, physical, build, console)
-                await _swap(conn, name, rebuild_name(oid), retired_name(oid))
-                await _drop_retired(conn, name, retired_name(oid), console)
+                await _swap(conn, physical, name, rebuild_name(oid), retired_name(oid))
+                await _drop_retired(conn, physical, name, retired_name(oid), console)
                 rebuilt = True
             size = await (
-                await conn.execute("SELECT pg_relation_size(to_regclass(quote_ident(%s)))", (name,))
+                await conn.execute(
+                    "SELECT pg_relation_size(i.indexrelid) FROM pg_index AS i"
+                    " JOIN pg_class AS c ON c.oid = i.indexrelid"
+                    " WHERE i.indrelid = to_regclass(quote_ident(%s)) AND c.relname = %s",
+                    (physical, name),
+                )
             ).fetchone()
             after = await hnsw_parameters(conn, table)
             assert after is not None
@@ -175,63 +180,63 @@ async def _rebuild(
 
 
 async def _finish_interrupted(
-    conn: AsyncConnection[Any], name: str, new: str, retired: str, console: Console | None
+    conn: AsyncConnection[Any], physical: str, name: str, new: str, retired: str, console: Console | None
 ) -> bool:
     """Take over what an interrupted run left, and say whether the index under `name` is valid.
 
     An old index renamed aside (`retired`, valid or left INVALID by a cancelled drop) is dropped. A finished,
-    valid `new` index is swapped in (so a build is never thrown away); a half-built (INVALID) one is dropped. A
-    `new` index without any under `name` (by hand) only takes the name."""
-    present = await _indexes(conn, name, new, retired)
+    valid `new` index is swapped in (so a build is never thrown away); a half-built (INVALID) one is dropped."""
+    present = await _indexes(conn, physical, name, new, retired)
     if retired in present:
-        await _drop_retired(conn, name, retired, console)
+        await _drop_retired(conn, physical, name, retired, console)
     if new in present:
         if present[new]:
-            if name in present:
-                await _swap(conn, name, new, retired)
-                await _drop_retired(conn, name, retired, console)
-            else:
-                await _rename(conn, new, name)
+            await _swap(conn, physical, name, new, retired)
+            await _drop_retired(conn, physical, name, retired, console)
         else:
             await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {i}").format(i=sql.Identifier(new)))
-    return (await _indexes(conn, name)).get(name, False)
+    return (await _indexes(conn, physical, name)).get(name, False)
 
 
-async def _indexes(conn: AsyncConnection[Any], *names: str) -> dict[str, bool]:
-    """Which of `names` exist, each with whether it is valid (`pg_index.indisvalid`)."""
+async def _indexes(conn: AsyncConnection[Any], physical: str, *names: str) -> dict[str, bool]:
+    """Which of `names` are indexes of the table `physical`, each with whether it is valid (`indisvalid`); never
+    another table's index of the same name in another schema."""
     rows = await (
         await conn.execute(
             "SELECT c.relname, i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
-            " WHERE c.oid = ANY (SELECT to_regclass(quote_ident(n)) FROM unnest(%s::text[]) AS n)",
-            (list(names),),
+            " WHERE i.indrelid = to_regclass(quote_ident(%s)) AND c.relname = ANY (%s)",
+            (physical, list(names)),
         )
     ).fetchall()
     return {str(relname): bool(valid) for relname, valid in rows}
 
 
-async def _swap(conn: AsyncConnection[Any], name: str, new: str, retired: str) -> None:
-    """In one transaction, under the migration lock: the old index becomes `retired`, the new one `name`.
+async def _swap(conn: AsyncConnection[Any], physical: str, name: str, new: str, retired: str) -> None:
+    """In one transaction, under the migration lock: the old index (if any) becomes `retired`, the new one
+    `name`.
 
     `ALTER INDEX ... RENAME` takes SHARE UPDATE EXCLUSIVE on the index (PostgreSQL docs, ALTER INDEX), which
-    reads and writes pass, so neither waits; a service starting meanwhile (it creates the index IF NOT EXISTS
-    under the migration lock) finds it under its name before and after."""
+    reads and writes pass, so neither waits; a service starting meanwhile (it creates a missing index under the
+    migration lock) finds it under its name before and after."""
     await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         async with conn.transaction():
             await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{DROP_WAIT_SECONDS}s",))
-            await _rename(conn, name, retired)
+            if name in await _indexes(conn, physical, name):
+                await _rename(conn, name, retired)
             await _rename(conn, new, name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
 async def _rename(conn: AsyncConnection[Any], old: str, new: str) -> None:
-    await conn.execute(
-        sql.SQL("ALTER INDEX {old} RENAME TO {new}").format(old=sql.Identifier(old), new=sql.Identifier(new))
-    )
+    rename = sql.SQL("ALTER INDEX {old} RENAME TO {new}").format(old=sql.Identifier(old), new=sql.Identifier(new))
+    await conn.execute(rename)
 
 
-async def _drop_retired(conn: AsyncConnection[Any], name: str, retired: str, console: Console | None) -> None:
+async def _drop_retired(
+    conn: AsyncConnection[Any], physical: str, name: str, retired: str, console: Console | None
+) -> None:
     """Drop the old index, waiting at most `DROP_WAIT_SECONDS` for the transactions still using the table
     (`DROP INDEX CONCURRENTLY` waits for every one, idle ones too). Raises `HnswRebuildFailed` saying the new
     index is in place when it cannot; the next run drops the old one."""

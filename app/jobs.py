@@ -44,7 +44,7 @@ from app.queue import (
 from app.retry import Backoff
 from app.startup import confluence_configured
 from app.sync import reconcile, reconcile_due
-from app.term_counts import fold_term_deltas
+from app.term_counts import count_untracked, fold_term_deltas
 from app.vector_store import WORKER_LOST_ERROR, FailureRecord
 
 if TYPE_CHECKING:
@@ -195,6 +195,8 @@ async def tick(rt: Runtime, timestamp: int) -> None:
     try:
         async with rt.pool.connection() as conn:
             await fold_term_deltas(conn)
+            # A count a start gave up on (its table was held: `count_untracked`) is tried again here.
+            await count_untracked(conn, rt.settings.vector_table)
     except Exception as exc:
         log.error("tick: folding word counts failed", extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
     # Unconfigured Confluence: start-up said so once; failing a reconciliation every minute would only repeat it.

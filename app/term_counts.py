@@ -23,10 +23,13 @@ and the pending deltas (`COUNTS_SQL`), so what it reads is exact whether a fold 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+log = logging.getLogger(__name__)
 
 #: The full-text column counted (`app.db.SEARCH_COLUMN`; not imported: app.db imports this module).
 SEARCH_COLUMN = "cv_search_tsv"
@@ -132,19 +135,49 @@ async def ensure_term_counts(conn: psycopg.AsyncConnection[Any], table: str) -> 
     and the rows counted (`ts_stat`, one pass over the column: 102 s at 1M chunks), so no write falls between the
     two; READ COMMITTED, so the count sees every write committed before the lock was granted. Returns True when
     it counted, False when the counts were kept already. Also forgets the counts of tables that no longer carry
-    the triggers (dropped). `conn` must be in autocommit mode.
+    the triggers (dropped). The lock is waited for at most `LOCK_WAIT_SECONDS` (`count_untracked`). `conn` must
+    be in autocommit mode.
     """
-    t = sql.Identifier(f"data_{table}")
     await conn.execute(SCHEMA)
     # Deltas before counts, in every statement that touches both (the fold too): one lock order, no deadlock.
     counted = "SELECT tgrelid FROM pg_trigger WHERE tgname = %(name)s"
     for forget in ("cv_term_deltas", "cv_term_counts"):
         await conn.execute(f"DELETE FROM {forget} WHERE relid NOT IN ({counted})", {"name": TRIGGERS["INSERT"]})
+    return await count_untracked(conn, table)
+
+
+#: How long a count waits for its lock. Queued for it, the count holds up every write to the table, and a
+#: concurrent index build (`rebuild-hnsw-index`) holds a conflicting lock for up to an hour: better to leave
+#: the table uncounted (searches count on the index meanwhile) and try again at the worker's next minute tick.
+LOCK_WAIT_SECONDS = 1
+
+
+async def count_untracked(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
+    """Count `data_<table>` (and install its triggers) if its counts are not kept; see `ensure_term_counts`.
+
+    Returns True when it counted. Gives up, with a warning and False, when the table's lock is not granted
+    within `LOCK_WAIT_SECONDS`; the worker's minute tick calls this again. `conn` must be in autocommit mode.
+    """
+    t = sql.Identifier(f"data_{table}")
     if await _kept(conn, f"data_{table}"):
         return False
+    try:
+        return await _count(conn, table, t)
+    except psycopg.errors.LockNotAvailable:
+        log.warning(
+            "the word counts of data_%s are not kept yet: another operation holds the table (an index build?); "
+            "searches count on the index meanwhile, and the worker tries again every minute",
+            table,
+        )
+        return False
+
+
+async def _count(conn: psycopg.AsyncConnection[Any], table: str, t: sql.Identifier) -> bool:
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{LOCK_WAIT_SECONDS}s",))
         await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=t))
+        await conn.execute("SELECT set_config('lock_timeout', '0', true)")
         if await _kept(conn, f"data_{table}"):  # another process counted while we waited for the lock
             return False
         present = await (

@@ -4,9 +4,12 @@ ranking must depend on the rows alone, never on when ANALYZE last ran)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import psycopg
+import pytest
 
 from app.term_counts import FOLD_LOCK, ROW_COUNT, TRIGGERS, ensure_term_counts, fold_term_deltas
 from app.vector_store import VectorStore
@@ -133,3 +136,41 @@ async def test_a_table_without_counts_ranks_as_one_with_them(pool: Any) -> None:
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM cv_term_counts; DELETE FROM cv_term_deltas")
     assert await rankings(pool) == counted
+
+
+async def test_a_count_held_up_by_a_long_operation_is_left_to_the_minute_tick(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start that must count a table (counts lost) while another operation holds the table (a concurrent HNSW
+    build holds SHARE UPDATE EXCLUSIVE for up to an hour) gives up after `LOCK_WAIT_SECONDS` instead of queueing,
+    with every write to the table queued behind it; the worker's minute tick counts it once the table is free."""
+    from app.jobs import tick
+    from app.runtime import Runtime
+    from tests.conftest import make_settings
+
+    rt = await Runtime.open(make_settings(database_url=db_url, confluence_base_url=""))
+    try:
+        await load_corpus(rt.pool)
+        async with rt.pool.connection() as conn:
+            await conn.execute("DELETE FROM cv_term_counts; DELETE FROM cv_term_deltas")
+        holder = await psycopg.AsyncConnection.connect(db_url)
+        try:
+            await holder.execute(
+                f"LOCK TABLE {RELATION} IN SHARE UPDATE EXCLUSIVE MODE"
+            )  # as CREATE INDEX CONCURRENTLY
+            async with rt.pool.connection() as conn:
+                with caplog.at_level(logging.WARNING, logger="app.term_counts"):
+                    assert await asyncio.wait_for(ensure_term_counts(conn, TABLE), timeout=10) is False
+                assert any("not kept yet" in r.getMessage() for r in caplog.records)
+                assert await kept(conn) == {}
+                # Writes go on meanwhile (nothing is queued for the table).
+                await conn.execute("SET lock_timeout = '2s'")
+                await write_page(VectorStore(rt.pool, TABLE), make_page("901", "OPS", "Held", ()), [("A", "held yak")])
+                await conn.execute("SET lock_timeout = 0")
+        finally:
+            await holder.close()
+        await tick(rt, 0)  # the table is free: the minute tick counts it
+        async with rt.pool.connection() as conn:
+            assert await kept(conn) == await truth(conn)
+    finally:
+        await rt.close()
