@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS cv_term_deltas (
 -- write to a vector table writes here, so a start would wait for (and hold up) the writes in flight.
 DO $$
 BEGIN
-    IF to_regclass('cv_term_deltas_lexeme_idx') IS NULL THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                   WHERE i.indrelid = to_regclass('cv_term_deltas') AND c.relname = 'cv_term_deltas_lexeme_idx') THEN
         CREATE INDEX IF NOT EXISTS cv_term_deltas_lexeme_idx ON cv_term_deltas (relid, lexeme) INCLUDE (delta);
     END IF;
 END

@@ -1,6 +1,10 @@
 -- confluence-vectors' own tables. Idempotent: applied at every start under an advisory lock.
 -- The vector table itself (data_<VECTOR_TABLE>) is created in app/db.py because its name and dimension
 -- come from the settings.
+-- Applied at every start, under app.db's migration lock. What exists is left alone, unlocked: CREATE INDEX and
+-- CREATE OR REPLACE TRIGGER (SHARE, SHARE ROW EXCLUSIVE) and ALTER TABLE (ACCESS EXCLUSIVE) lock their table
+-- before they look, even with IF NOT EXISTS, so a start would wait for open transactions and stall readers
+-- and writers queued behind it. Hence the DO blocks that look first.
 
 -- The single record of what we hold for each page: what version we indexed, why we did not, what failed.
 CREATE TABLE IF NOT EXISTS cv_pages (
@@ -22,13 +26,25 @@ CREATE TABLE IF NOT EXISTS cv_pages (
     attempts       INTEGER NOT NULL DEFAULT 0,
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS cv_pages_status_idx ON cv_pages (status);
-CREATE INDEX IF NOT EXISTS cv_pages_space_idx ON cv_pages (space_key);
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                           WHERE i.indrelid = to_regclass('cv_pages') AND c.relname = 'cv_pages_status_idx') THEN
+    CREATE INDEX IF NOT EXISTS cv_pages_status_idx ON cv_pages (status);
+END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                           WHERE i.indrelid = to_regclass('cv_pages') AND c.relname = 'cv_pages_space_idx') THEN
+    CREATE INDEX IF NOT EXISTS cv_pages_space_idx ON cv_pages (space_key);
+END IF; END $$;
 -- The page's chunk (node) ids in reading order at its last write: the MCP `get_page` rebuilds the page from it.
-ALTER TABLE cv_pages ADD COLUMN IF NOT EXISTS chunk_ids TEXT[];
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cv_pages')
+                           AND attname = 'chunk_ids' AND NOT attisdropped) THEN
+    ALTER TABLE cv_pages ADD COLUMN IF NOT EXISTS chunk_ids TEXT[];
+END IF; END $$;
 -- The last editor of the indexed version. Per-version fields (version, last_modified, author) live here, once per
 -- page, not in every chunk row: an edit then rewrites only the rows of the chunks it changed.
-ALTER TABLE cv_pages ADD COLUMN IF NOT EXISTS author TEXT;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cv_pages')
+                           AND attname = 'author' AND NOT attisdropped) THEN
+    ALTER TABLE cv_pages ADD COLUMN IF NOT EXISTS author TEXT;
+END IF; END $$;
 
 -- Which embedding model and dimension built each vector table: a model change must not mix vectors.
 CREATE TABLE IF NOT EXISTS cv_index_meta (
@@ -50,7 +66,10 @@ CREATE TABLE IF NOT EXISTS cv_deliveries (
     digest       TEXT PRIMARY KEY,
     received_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS cv_deliveries_received_idx ON cv_deliveries (received_at);
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                           WHERE i.indrelid = to_regclass('cv_deliveries') AND c.relname = 'cv_deliveries_received_idx') THEN
+    CREATE INDEX IF NOT EXISTS cv_deliveries_received_idx ON cv_deliveries (received_at);
+END IF; END $$;
 
 -- ============================================================================================================
 -- Permission-aware retrieval (see README "Permissions"). The rule, from Atlassian's "Page restrictions" and
@@ -90,8 +109,14 @@ CREATE TABLE IF NOT EXISTS cv_page_access (
     path        TEXT[] NOT NULL,
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS cv_page_access_path_idx ON cv_page_access USING GIN (path);
-CREATE INDEX IF NOT EXISTS cv_page_access_space_idx ON cv_page_access (space_key);
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                           WHERE i.indrelid = to_regclass('cv_page_access') AND c.relname = 'cv_page_access_path_idx') THEN
+    CREATE INDEX IF NOT EXISTS cv_page_access_path_idx ON cv_page_access USING GIN (path);
+END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                           WHERE i.indrelid = to_regclass('cv_page_access') AND c.relname = 'cv_page_access_space_idx') THEN
+    CREATE INDEX IF NOT EXISTS cv_page_access_space_idx ON cv_page_access (space_key);
+END IF; END $$;
 
 -- The invariant the fast search forms rely on (app/search.py: a path id is blocked only through its
 -- cv_restrictions row): every id on a stored path has a restriction row, a placeholder "not read yet" (denies)
@@ -107,9 +132,12 @@ BEGIN
     ON CONFLICT (content_id) DO NOTHING;
     RETURN NULL;
 END $$;
-CREATE OR REPLACE TRIGGER cv_page_access_name_restrictions
-    AFTER INSERT OR UPDATE OF path ON cv_page_access
-    FOR EACH ROW EXECUTE FUNCTION cv_page_access_name_restrictions();
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('cv_page_access')
+                           AND tgname = 'cv_page_access_name_restrictions') THEN
+    CREATE TRIGGER cv_page_access_name_restrictions
+        AFTER INSERT OR UPDATE OF path ON cv_page_access
+        FOR EACH ROW EXECUTE FUNCTION cv_page_access_name_restrictions();
+END IF; END $$;
 
 CREATE OR REPLACE FUNCTION cv_restrictions_keep_named() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -119,9 +147,12 @@ BEGIN
     END IF;
     RETURN OLD;
 END $$;
-CREATE OR REPLACE TRIGGER cv_restrictions_keep_named
-    BEFORE DELETE ON cv_restrictions
-    FOR EACH ROW EXECUTE FUNCTION cv_restrictions_keep_named();
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('cv_restrictions')
+                           AND tgname = 'cv_restrictions_keep_named') THEN
+    CREATE TRIGGER cv_restrictions_keep_named
+        BEFORE DELETE ON cv_restrictions
+        FOR EACH ROW EXECUTE FUNCTION cv_restrictions_keep_named();
+END IF; END $$;
 
 -- May a person holding the principals `viewer` read page `page`? The one definition of the rule in SQL: /search filters
 -- with it inside the HNSW scan, and direct SQL / LlamaIndex readers should too. STABLE, so Postgres evaluates
@@ -159,13 +190,19 @@ CREATE TABLE IF NOT EXISTS cv_attachments (
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (page_id, attachment_id)
 );
-CREATE INDEX IF NOT EXISTS cv_attachments_skipped_idx ON cv_attachments (status) WHERE status = 'skipped';
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                           WHERE i.indrelid = to_regclass('cv_attachments') AND c.relname = 'cv_attachments_skipped_idx') THEN
+    CREATE INDEX IF NOT EXISTS cv_attachments_skipped_idx ON cv_attachments (status) WHERE status = 'skipped';
+END IF; END $$;
 
 -- The same rule, evaluated fast inside a search: the viewer's readable spaces and the content that blocks them
 -- (restricted without admitting them, or not established) are computed once per query, then each candidate row
 -- costs one primary-key probe. Equal to cv_may_read because every id on a stored path has a cv_restrictions
 -- row (app.access.save_page_access inserts a not-established one for any it lacks).
-CREATE INDEX IF NOT EXISTS cv_restrictions_guarding_idx ON cv_restrictions (content_id) WHERE restricted IS NOT FALSE;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+                           WHERE i.indrelid = to_regclass('cv_restrictions') AND c.relname = 'cv_restrictions_guarding_idx') THEN
+    CREATE INDEX IF NOT EXISTS cv_restrictions_guarding_idx ON cv_restrictions (content_id) WHERE restricted IS NOT FALSE;
+END IF; END $$;
 
 CREATE OR REPLACE FUNCTION cv_viewer_spaces(viewer TEXT[]) RETURNS TEXT[]
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
