@@ -395,9 +395,17 @@ async def hnsw_parameters(
     return options["m"], options["ef_construction"]
 
 
+#: From about this many chunks an HNSW graph built with ef_construction below `LARGE_TABLE_EF_CONSTRUCTION` leaves
+#: true neighbours unreachable (bench/search_scale.py, 1M chunks of 1024 dimensions: recall@10 0.62 at ef_search 40
+#: and flat at 0.92 from 400 on with 64; 0.96 at 40 and 1.00 from 200 on with 200; at 100,000 chunks, 64 gave 1.00).
+LARGE_TABLE_ROWS = 500_000
+LARGE_TABLE_EF_CONSTRUCTION = 200
+
+
 async def warn_on_other_hnsw_parameters(conn: psycopg.AsyncConnection[Any], table: str, settings: Settings) -> None:
-    """Say at start-up when the table's HNSW index was built with other parameters than the settings name:
-    pgvector fixes them at build time, so a changed HNSW_M / HNSW_EF_CONSTRUCTION needs `rebuild-hnsw-index`."""
+    """Say at start-up when the table's HNSW index was built with other parameters than the settings name
+    (pgvector fixes them at build time, so a changed HNSW_M / HNSW_EF_CONSTRUCTION needs `rebuild-hnsw-index`), or
+    when the table has grown past `LARGE_TABLE_ROWS` on a graph built for less."""
     built = await hnsw_parameters(conn, table)
     wanted = (settings.hnsw_m, settings.hnsw_ef_construction)
     if built is not None and built != wanted:
@@ -408,6 +416,34 @@ async def warn_on_other_hnsw_parameters(conn: psycopg.AsyncConnection[Any], tabl
             table,
             *built,
             *wanted,
+        )
+        return
+    if built is None or built[1] >= LARGE_TABLE_EF_CONSTRUCTION:
+        return
+    row = await (
+        await conn.execute(
+            """SELECT greatest(
+                   (SELECT reltuples FROM pg_class WHERE oid = to_regclass(quote_ident(%(r)s))),
+                   (SELECT sum(k.n) FROM (SELECT c.n FROM cv_term_counts AS c
+                                          WHERE c.relid = to_regclass(quote_ident(%(r)s)) AND c.lexeme = ''
+                                          UNION ALL
+                                          SELECT d.delta FROM cv_term_deltas AS d
+                                          WHERE d.relid = to_regclass(quote_ident(%(r)s)) AND d.lexeme = '') AS k))""",
+            {"r": f"data_{table}"},
+        )
+    ).fetchone()
+    rows = int(row[0]) if row and row[0] is not None else 0
+    if rows >= LARGE_TABLE_ROWS:
+        log.warning(
+            "data_%s holds %d chunks, and its HNSW index was built with ef_construction=%d: at this size some true "
+            "neighbours are unreachable whatever HNSW_EF_SEARCH (measured at 1M chunks: recall@10 0.62 with 64, "
+            "0.96 with %d). Set HNSW_EF_CONSTRUCTION=%d and run `confluence-vectors rebuild-hnsw-index` (search and "
+            "writes go on meanwhile)",
+            table,
+            rows,
+            built[1],
+            LARGE_TABLE_EF_CONSTRUCTION,
+            LARGE_TABLE_EF_CONSTRUCTION,
         )
 
 
