@@ -166,7 +166,8 @@ async def _rebuild(
                 )
             ).fetchone()
             after = await hnsw_parameters(conn, table)
-            assert after is not None
+            if after is None:  # dropped by hand meanwhile: say so rather than report a rebuild
+                raise HnswRebuildFailed(f"the HNSW index of {physical} disappeared during the rebuild: run it again")
             return HnswRebuildReport(
                 table=physical,
                 before=before,
@@ -194,7 +195,7 @@ async def _finish_interrupted(
             await _swap(conn, physical, name, new, retired)
             await _drop_retired(conn, physical, name, retired, console)
         else:
-            await conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {i}").format(i=sql.Identifier(new)))
+            await _drop_retired(conn, physical, name, new, console)
     return (await _indexes(conn, physical, name)).get(name, False)
 
 
@@ -237,9 +238,9 @@ async def _rename(conn: AsyncConnection[Any], old: str, new: str) -> None:
 async def _drop_retired(
     conn: AsyncConnection[Any], physical: str, name: str, retired: str, console: Console | None
 ) -> None:
-    """Drop the old index, waiting at most `DROP_WAIT_SECONDS` for the transactions still using the table
-    (`DROP INDEX CONCURRENTLY` waits for every one, idle ones too). Raises `HnswRebuildFailed` saying the new
-    index is in place when it cannot; the next run drops the old one."""
+    """Drop `retired` (the old index renamed aside, or a half-built leftover), waiting at most `DROP_WAIT_SECONDS`
+    for the transactions still using the table (`DROP INDEX CONCURRENTLY` waits for every one, idle ones too).
+    Raises `HnswRebuildFailed` saying which index answers when it cannot; the next run drops it."""
     drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {i}").format(i=sql.Identifier(retired))
     await conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{DROP_WAIT_SECONDS}s",))
     try:
@@ -252,8 +253,9 @@ async def _drop_retired(
         if _connection_lost(exc):
             raise
         raise HnswRebuildFailed(
-            f"the rebuilt index is in place as {name}, but the old one, {retired}, could not be dropped ({exc}); "
-            "run the command again to drop it (an open transaction on the table holds it: see pg_stat_activity)"
+            f"the index {name} answers searches, but {retired}, left by this run or an interrupted one, could not be "
+            f"dropped ({exc}); run the command again to drop it (an open transaction on the table holds it: see "
+            "pg_stat_activity)"
         ) from exc
     finally:
         await conn.execute("SELECT set_config('lock_timeout', '0', false)")

@@ -452,7 +452,7 @@ def _vector_sql(
 #: Term statistics (table size `total.n`, document count per query word `terms.df`) over the whole table, for the
 #: service account, which reads every row: exact counts kept on every write (`app.term_counts`), so a ranking
 #: depends on the rows alone, never on when ANALYZE last ran (issue 14). A table whose counts are not kept
-#: (no row count in `cv_term_counts`: never migrated, or counts lost until the next start recounts) falls back
+#: (no row count in `cv_term_counts`: never migrated, or counts lost until the worker's minute tick recounts) falls back
 #: to counting on the GIN index, up to `DF_CAP` per word.
 _TABLE_STATISTICS = """words AS MATERIALIZED (
             SELECT w.lexeme FROM unnest(tsvector_to_array(to_tsvector({config}, %(query)s))) AS w(lexeme)

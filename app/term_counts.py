@@ -106,8 +106,8 @@ BEGIN
         INSERT INTO cv_term_counts (relid, lexeme, n) VALUES (TG_RELID, '{ROW_COUNT}', 0);
     ELSE
         -- A snapshot older than the lock may miss deltas of rows TRUNCATE removed: stop counting this table
-        -- (searches count on the index meanwhile, and the fold discards its deltas) until the next start counts
-        -- it afresh (`ensure_term_counts`).
+        -- (searches count on the index meanwhile, and the fold discards its deltas) until the worker's next
+        -- minute tick counts it afresh (`count_untracked`).
         DELETE FROM cv_term_deltas WHERE relid = TG_RELID;
         DELETE FROM cv_term_counts WHERE relid = TG_RELID;
     END IF;
@@ -178,7 +178,7 @@ async def _count(conn: psycopg.AsyncConnection[Any], table: str, t: sql.Identifi
         await conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{LOCK_WAIT_SECONDS}s",))
         await conn.execute(sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=t))
-        await conn.execute("SELECT set_config('lock_timeout', '0', true)")
+        await conn.execute("SET LOCAL lock_timeout TO DEFAULT")  # the role's or database's own, for the count
         if await _kept(conn, f"data_{table}"):  # another process counted while we waited for the lock
             return False
         present = await (
@@ -236,8 +236,8 @@ async def fold_term_deltas(conn: psycopg.AsyncConnection[Any]) -> int | None:
     """Move every committed delta into `cv_term_counts`; the number of delta rows folded, None when another fold
     holds the lock (it does the same work). One transaction: a reader sees the deltas or their sum, never both
     or neither. Words no chunk holds any more are dropped (the row count stays, at 0 for an empty table). Deltas
-    of a table whose counts are not kept (no row count: `ensure_term_counts` will count it afresh) are dropped,
-    never folded into counts that would then look complete."""
+    of a table whose counts are not kept (no row count: the next minute tick, `count_untracked`, counts it
+    afresh) are dropped, never folded into counts that would then look complete."""
     async with conn.transaction():
         row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK,))).fetchone()
         if not row or not row[0]:

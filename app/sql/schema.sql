@@ -1,10 +1,12 @@
 -- confluence-vectors' own tables. Idempotent: applied at every start under an advisory lock.
 -- The vector table itself (data_<VECTOR_TABLE>) is created in app/db.py because its name and dimension
 -- come from the settings.
--- Applied at every start, under app.db's migration lock. What exists is left alone, unlocked: CREATE INDEX and
--- CREATE OR REPLACE TRIGGER (SHARE, SHARE ROW EXCLUSIVE) and ALTER TABLE (ACCESS EXCLUSIVE) lock their table
--- before they look, even with IF NOT EXISTS, so a start would wait for open transactions and stall readers
--- and writers queued behind it. Hence the DO blocks that look first.
+-- Applied at every start, under app.db's migration lock. What exists as it should is left alone, unlocked:
+-- CREATE INDEX and CREATE OR REPLACE TRIGGER (SHARE, SHARE ROW EXCLUSIVE) and ALTER TABLE (ACCESS EXCLUSIVE) lock
+-- their table before they look, even with IF NOT EXISTS, so a start would wait for open transactions and stall
+-- readers and writers queued behind it. Hence the DO blocks that look first. The permission triggers are
+-- (re)created whenever one is missing, disabled (ALTER TABLE ... DISABLE TRIGGER, an interrupted
+-- pg_restore --disable-triggers) or defined otherwise: every start restores them, as CREATE OR REPLACE did.
 
 -- The single record of what we hold for each page: what version we indexed, why we did not, what failed.
 CREATE TABLE IF NOT EXISTS cv_pages (
@@ -133,8 +135,9 @@ BEGIN
     RETURN NULL;
 END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('cv_page_access')
-                           AND tgname = 'cv_page_access_name_restrictions') THEN
-    CREATE TRIGGER cv_page_access_name_restrictions
+                           AND tgname = 'cv_page_access_name_restrictions' AND tgenabled = 'O'
+                           AND pg_get_triggerdef(oid) LIKE 'CREATE TRIGGER cv\_page\_access\_name\_restrictions AFTER INSERT OR UPDATE OF path ON %.cv\_page\_access FOR EACH ROW EXECUTE FUNCTION %cv\_page\_access\_name\_restrictions()') THEN
+    CREATE OR REPLACE TRIGGER cv_page_access_name_restrictions
         AFTER INSERT OR UPDATE OF path ON cv_page_access
         FOR EACH ROW EXECUTE FUNCTION cv_page_access_name_restrictions();
 END IF; END $$;
@@ -148,8 +151,9 @@ BEGIN
     RETURN OLD;
 END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('cv_restrictions')
-                           AND tgname = 'cv_restrictions_keep_named') THEN
-    CREATE TRIGGER cv_restrictions_keep_named
+                           AND tgname = 'cv_restrictions_keep_named' AND tgenabled = 'O'
+                           AND pg_get_triggerdef(oid) LIKE 'CREATE TRIGGER cv\_restrictions\_keep\_named BEFORE DELETE ON %.cv\_restrictions FOR EACH ROW EXECUTE FUNCTION %cv\_restrictions\_keep\_named()') THEN
+    CREATE OR REPLACE TRIGGER cv_restrictions_keep_named
         BEFORE DELETE ON cv_restrictions
         FOR EACH ROW EXECUTE FUNCTION cv_restrictions_keep_named();
 END IF; END $$;
