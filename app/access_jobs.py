@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from procrastinate import exceptions as pexc
+from psycopg_pool import PoolTimeout
 
 from app import access
 from app.access import PageAccess, Restriction, SpaceAccess
-from app.errors import RetryableError
+from app.errors import DatabaseUnavailable, RetryableError
 from app.models import ContentType, Page
 from app.permissions_client import AccessUnavailable, restriction_unknown, space_unknown
 from app.queue import MAINTENANCE_QUEUE, task
@@ -500,10 +502,21 @@ async def recheck_access_job(rt: Runtime, attempt: int) -> dict[str, Any]:
     periodic={"cron": "* * * * *", "periodic_id": "permission_sync"},
 )
 async def permission_sync_job(rt: Runtime, timestamp: int) -> dict[str, Any]:
-    """Every minute, on one worker: run the permission sync when `PERMISSION_SYNC_INTERVAL` has passed."""
-    if not await permission_sync_due(rt):
-        return {"ran": False}
-    report = await sync_permissions(rt)
+    """Every minute, on one worker: run the permission sync when `PERMISSION_SYNC_INTERVAL` has passed.
+
+    Postgres lost mid-sync (a failover, connections killed) is not a failed job: the sync records its finish only
+    when it finishes (`cv_state`), so it is still due and the next minute's run reads everything again; a warning
+    says so. (Procrastinate marked such a job failed, which `status` and the queue showed as a fault.)"""
+    try:
+        if not await permission_sync_due(rt):
+            return {"ran": False}
+        report = await sync_permissions(rt)
+    except (psycopg.OperationalError, DatabaseUnavailable, PoolTimeout) as exc:
+        log.warning(
+            "permission sync interrupted: Postgres was lost; it runs again within a minute",
+            extra={"error": f"{type(exc).__name__}: {exc}"[:500]},
+        )
+        return {"ran": False, "interrupted": type(exc).__name__}
     return {"ran": True, "spaces": report.spaces, "restrictions": report.restrictions}
 
 
