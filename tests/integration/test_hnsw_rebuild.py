@@ -76,6 +76,34 @@ async def _table_oid(conn: psycopg.AsyncConnection[Any]) -> int:
     return int(row[0])
 
 
+async def _leftover_index(conn: psycopg.AsyncConnection[Any], m: int, ef_construction: int) -> tuple[str, Any]:
+    """An index under the rebuild's own name, as an interrupted run leaves it; returns its name and oid."""
+    name = rebuild_name(await _table_oid(conn))
+    await conn.execute(
+        f"CREATE INDEX {name} ON {TABLE} USING hnsw (embedding vector_cosine_ops)"
+        f" WITH (m = {m}, ef_construction = {ef_construction})"
+    )
+    row = await (await conn.execute("SELECT %s::regclass::oid", (name,))).fetchone()
+    assert row is not None
+    return name, row[0]
+
+
+async def _wait_for_build(url: str, phase_prefix: str = "") -> None:
+    """Until `pg_stat_progress_create_index` shows the table's build in a phase starting with `phase_prefix`
+    (polled, 30 s at most)."""
+    async with await _connect(url) as watcher:
+        for _ in range(600):
+            row = await (
+                await watcher.execute(
+                    "SELECT phase FROM pg_stat_progress_create_index WHERE relid = %s::regclass", (TABLE,)
+                )
+            ).fetchone()
+            if row is not None and str(row[0]).startswith(phase_prefix):
+                return
+            await asyncio.sleep(0.05)
+    pytest.fail(f"the build never reached {phase_prefix or 'any phase'!r}")
+
+
 def test_settings_refuse_what_pgvector_would_refuse() -> None:
     with pytest.raises(ValueError, match=r"HNSW_EF_CONSTRUCTION \(30\) must be at least 2 x HNSW_M \(16\)"):
         make_settings(hnsw_ef_construction=30)
@@ -160,18 +188,7 @@ async def test_writes_and_searches_go_on_while_the_index_is_built(db_url: str) -
         rebuild_hnsw_index(make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40))
     )
     try:
-        async with await _connect(db_url) as watcher:
-            for _ in range(600):  # until the build is waiting on the open writer (polled, 30 s at most)
-                row = await (
-                    await watcher.execute(
-                        "SELECT phase FROM pg_stat_progress_create_index WHERE relid = %s::regclass", (TABLE,)
-                    )
-                ).fetchone()
-                if row is not None and str(row[0]).startswith("waiting for writers"):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the build never waited for the open writer")
+        await _wait_for_build(db_url, "waiting for writers")  # held by the open writer
         async with await _connect(db_url) as other:
             await other.execute("SET lock_timeout = '2s'")
             await _insert(other, _unit(3, seed=5), "during")
@@ -192,11 +209,7 @@ async def test_writes_and_searches_go_on_while_the_index_is_built(db_url: str) -
 async def test_a_half_built_index_left_by_an_interrupted_run_is_dropped_and_built_again(db_url: str) -> None:
     async with await _connect(db_url) as conn:
         await _insert(conn, _unit(40, seed=6), "row")
-        leftover = rebuild_name(await _table_oid(conn))
-        await conn.execute(
-            f"CREATE INDEX {leftover} ON {TABLE} USING hnsw (embedding vector_cosine_ops)"
-            " WITH (m = 4, ef_construction = 8)"
-        )
+        leftover, _ = await _leftover_index(conn, 4, 8)
         await conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass", (leftover,))
     report = await rebuild_hnsw_index(make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40))
     assert report.rebuilt and report.after == (8, 40)
@@ -208,19 +221,14 @@ async def test_a_finished_index_that_lost_its_old_one_only_takes_the_name(db_url
     """Interrupted between the drop and the rename: the table's only HNSW index has the rebuild's name."""
     async with await _connect(db_url) as conn:
         await _insert(conn, _unit(40, seed=7), "row")
-        finished = rebuild_name(await _table_oid(conn))
-        await conn.execute(
-            f"CREATE INDEX {finished} ON {TABLE} USING hnsw (embedding vector_cosine_ops)"
-            " WITH (m = 8, ef_construction = 40)"
-        )
+        _, built = await _leftover_index(conn, 8, 40)
         await conn.execute(f"DROP INDEX {INDEX}")
-        built = await (await conn.execute("SELECT %s::regclass::oid", (finished,))).fetchone()
     report = await rebuild_hnsw_index(make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40))
     assert (report.before, report.rebuilt) == ((8, 40), False), "named, not built again"
     async with await _connect(db_url) as conn:
         assert await _hnsw_indexes(conn) == [(INDEX, True)]
         kept = await (await conn.execute("SELECT %s::regclass::oid", (INDEX,))).fetchone()
-        assert kept == built
+        assert kept == (built,)
 
 
 async def test_one_at_a_time_with_reindex(db_url: str) -> None:
@@ -276,18 +284,7 @@ async def test_a_service_start_during_the_build_does_not_wait_for_it(db_url: str
     settings = make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40)
     build = asyncio.create_task(rebuild_hnsw_index(settings))
     try:
-        async with await _connect(db_url) as watcher:
-            for _ in range(600):
-                row = await (
-                    await watcher.execute(
-                        "SELECT phase FROM pg_stat_progress_create_index WHERE relid = %s::regclass", (TABLE,)
-                    )
-                ).fetchone()
-                if row is not None:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the build never started")
+        await _wait_for_build(db_url)
         await asyncio.wait_for(migrate(db_url, settings), timeout=15)
         assert not build.done()
         await holder.commit()
@@ -299,18 +296,13 @@ async def test_a_service_start_during_the_build_does_not_wait_for_it(db_url: str
 async def test_a_finished_build_left_by_an_interrupted_run_is_swapped_in_not_built_again(db_url: str) -> None:
     async with await _connect(db_url) as conn:
         await _insert(conn, _unit(40, seed=10), "row")
-        finished = rebuild_name(await _table_oid(conn))
-        await conn.execute(
-            f"CREATE INDEX {finished} ON {TABLE} USING hnsw (embedding vector_cosine_ops)"
-            " WITH (m = 8, ef_construction = 40)"
-        )
-        built = await (await conn.execute("SELECT %s::regclass::oid", (finished,))).fetchone()
+        _, built = await _leftover_index(conn, 8, 40)
     report = await rebuild_hnsw_index(make_settings(database_url=db_url, hnsw_m=8, hnsw_ef_construction=40))
     assert (report.before, report.rebuilt) == ((8, 40), False)
     async with await _connect(db_url) as conn:
         assert await _hnsw_indexes(conn) == [(INDEX, True)]
         kept = await (await conn.execute("SELECT %s::regclass::oid", (INDEX,))).fetchone()
-        assert kept == built, "the finished build is the index now"
+        assert kept == (built,), "the finished build is the index now"
 
 
 async def test_an_old_index_held_by_an_idle_transaction_is_left_for_the_next_run_with_a_clear_error(
