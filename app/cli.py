@@ -143,7 +143,7 @@ def _until_stopped(run: Callable[[], object], on_signal: Callable[[int, Any], No
     """
     import signal
 
-    from app.db import stop_embedded_servers
+    from app.embedded import stop_embedded_servers
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -21,9 +21,9 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """A fresh embedded PostgreSQL (pgvector) for one benchmark, removed afterwards; set up as the service's
-    embedded server is (`app.db.start_embedded`: shared_buffers a quarter of the machine's memory), so a
+    embedded server is (`app.embedded.start_embedded`: shared_buffers a quarter of the machine's memory), so a
     benchmark measures what `make run` gets."""
-    from app.db import start_embedded
+    from app.embedded import start_embedded
 
     with tempfile.TemporaryDirectory(prefix="cv-bench-") as tmp:
         pgdata = Path(tmp) / "pg"

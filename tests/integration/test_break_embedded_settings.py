@@ -1,4 +1,4 @@
-"""Reviewer's fault injection against `app.db.start_embedded` (commit 5125107: embedded shared_buffers).
+"""Reviewer's fault injection against `app.embedded.start_embedded` (commit 5125107: embedded shared_buffers).
 
 Each test here fails on that commit for a real reason; each starts at most one embedded server at a time, in
 its own directory, and stops it.
@@ -28,13 +28,13 @@ _START = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     import psycopg
-    from app.db import start_embedded
+    from app.embedded import start_embedded
     records = []
     class H(logging.Handler):
         def emit(self, record):
             records.append(record)
-    logging.getLogger("app.db").addHandler(H())
-    logging.getLogger("app.db").setLevel(logging.WARNING)
+    logging.getLogger("app.embedded").addHandler(H())
+    logging.getLogger("app.embedded").setLevel(logging.WARNING)
     pgdata = Path(sys.argv[1]); pgdata.mkdir(parents=True, exist_ok=True)
     server = start_embedded(pgdata, None if sys.argv[2] == "-" else sys.argv[2])
     try:

