@@ -286,6 +286,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     console.print(table)
     console.print(report.data, soft_wrap=True)
     console.print(_reconcile_line(report.last_reconcile))
+    if report.search_standby is not None:
+        standby = report.search_standby
+        used = "used" if standby["used"] else f"not used: {standby['reason']}"
+        console.print(f"search standby (SEARCH_DATABASE_URL): {used}", soft_wrap=True)
     for title, rows in (("Failed pages", report.failed), ("Retrying pages", report.retrying)):
         if rows:
             t = Table(title=title)
@@ -430,17 +434,19 @@ def search(
 
     async def run(rt: Any) -> Any:
         principals = await viewer_principals(rt, as_user, named_by="--as")
-        return await do_search(
-            rt.pool,
-            rt.embedder,
-            settings.vector_table,
-            query,
-            k=k,
-            space=space,
-            label=label,
-            mode=SearchMode(mode),
-            principals=principals,
-            ef_search=settings.hnsw_ef_search,
+        return await rt.search_db.run(
+            lambda pool: do_search(
+                pool,
+                rt.embedder,
+                settings.vector_table,
+                query,
+                k=k,
+                space=space,
+                label=label,
+                mode=SearchMode(mode),
+                principals=principals,
+                ef_search=settings.hnsw_ef_search,
+            )
         )
 
     hits = _run(lambda: _with_runtime(settings, run))

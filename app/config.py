@@ -60,6 +60,15 @@ class Settings(BaseSettings):
         "about half of Postgres's 128MB default). Ignored with DATABASE_URL: tune your own server.",
     )
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
+    search_database_url: SecretStr | None = Field(
+        default=None,
+        description="A hot standby of DATABASE_URL's Postgres for searches (app/replica.py). Unset: the primary.",
+    )
+    search_replica_max_lag: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=10.0,
+        description="Seconds a standby may be behind the primary and still answer searches; further behind, "
+        "searches go to the primary (a permission change not yet replayed must not be searched).",
+    )
 
     # --- Confluence -----------------------------------------------------------------------------------
     confluence_base_url: str = Field(

@@ -41,8 +41,9 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
-def make_pool(url: str, *, max_size: int = 10, min_size: int = 1) -> AsyncConnectionPool:
-    """A pool whose connections all speak pgvector. Open it with `await pool.open()`."""
+def make_pool(url: str, *, max_size: int = 10, min_size: int = 1, timeout: float = 10.0) -> AsyncConnectionPool:
+    """A pool whose connections all speak pgvector. Open it with `await pool.open()`. `timeout`: seconds a
+    caller waits for a connection before PoolTimeout."""
     return AsyncConnectionPool(
         url,
         min_size=min_size,
@@ -50,7 +51,7 @@ def make_pool(url: str, *, max_size: int = 10, min_size: int = 1) -> AsyncConnec
         configure=_configure,
         check=AsyncConnectionPool.check_connection,  # drop connections a Postgres restart killed, not a request
         open=False,
-        timeout=10.0,
+        timeout=timeout,
         name="confluence-vectors",
         kwargs={"application_name": "confluence-vectors"},
     )

@@ -148,17 +148,19 @@ async def search_as(
     SEARCH_SERVICE_IDENTITY applies, and without that the search is refused (`PersonRequired`).
     """
     principals = await viewer_principals(rt, person)
-    return await search(
-        rt.pool,
-        rt.embedder,
-        rt.settings.vector_table,
-        query,
-        k=k,
-        space=space,
-        label=label,
-        mode=mode,
-        principals=principals,
-        ef_search=rt.settings.hnsw_ef_search,
+    return await rt.search_db.run(
+        lambda pool: search(
+            pool,
+            rt.embedder,
+            rt.settings.vector_table,
+            query,
+            k=k,
+            space=space,
+            label=label,
+            mode=mode,
+            principals=principals,
+            ef_search=rt.settings.hnsw_ef_search,
+        )
     )
 
 

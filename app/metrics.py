@@ -67,6 +67,12 @@ class Metrics:
             registry=r,
         )
         self.pages = Gauge("cv_pages", "Pages in the state table by status", ["status"], registry=r)
+        self.search_fallbacks = Counter(
+            "cv_search_standby_fallbacks_total",
+            "Searches run on the primary although SEARCH_DATABASE_URL is set, by reason",
+            ["reason"],
+            registry=r,
+        )
 
     def webhook(self, event: str | None, outcome: str) -> None:
         """Count one webhook request. `event` may be anything a caller sent: it is allow-listed here

@@ -98,17 +98,19 @@ async def search_endpoint(
             status_code=503, detail="cannot establish what this person may read now", headers={"Retry-After": "5"}
         ) from exc
     try:
-        hits = await search(
-            rt.pool,
-            rt.embedder,
-            rt.settings.vector_table,
-            query,
-            k=k,
-            space=space,
-            label=label,
-            mode=mode,
-            principals=principals,
-            ef_search=rt.settings.hnsw_ef_search,
+        hits = await rt.search_db.run(
+            lambda pool: search(
+                pool,
+                rt.embedder,
+                rt.settings.vector_table,
+                query,
+                k=k,
+                space=space,
+                label=label,
+                mode=mode,
+                principals=principals,
+                ef_search=rt.settings.hnsw_ef_search,
+            )
         )
     except RetryableError as exc:
         log.warning("search unavailable", extra={"error": str(exc)})

@@ -20,6 +20,7 @@ from app.embeddings import OllamaBgeM3Embedding
 from app.intake import WebhookIntake
 from app.metrics import Metrics
 from app.permissions_client import PermissionsClient
+from app.replica import SearchDatabase, standby_pool
 from app.tasks import build_queue
 from app.vector_store import VectorStore
 
@@ -37,6 +38,8 @@ class Runtime:
     intake: WebhookIntake
     #: Who may read what, read through `confluence`; one per runtime, so its membership cache is shared.
     permissions: PermissionsClient
+    #: Where searches run: the primary `pool`, or SEARCH_DATABASE_URL's standby while it is close enough behind.
+    search_db: SearchDatabase
 
     @classmethod
     async def open(cls, settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
@@ -49,6 +52,14 @@ class Runtime:
         await queue.open_async()
         metrics = metrics or Metrics()
         confluence = ConfluenceClient(settings, on_retry=metrics.confluence_retry)
+        standby_url = settings.search_database_url
+        search_db = SearchDatabase(
+            pool,
+            None if standby_url is None else standby_pool(standby_url.get_secret_value(), settings.db_pool_size),
+            max_lag=settings.search_replica_max_lag,
+            on_fallback=lambda reason: metrics.search_fallbacks.labels(reason).inc(),
+        )
+        await search_db.open()
         runtime = cls(
             settings=settings,
             database_url=url,
@@ -64,6 +75,7 @@ class Runtime:
                 membership_ttl=float(settings.permission_sync_interval),
                 max_people=settings.permission_people_cache,
             ),
+            search_db=search_db,
         )
         freeze_startup_objects()
         return runtime
@@ -73,6 +85,7 @@ class Runtime:
         await self.confluence.aclose()
         await self.embedder.aclose()
         await self.queue.close_async()
+        await self.search_db.close()
         await self.pool.close()
 
 

@@ -37,6 +37,8 @@ class StatusReport:
     #: Access that could not be established, so hidden from everyone (fail closed): space keys and content
     #: ids with the error, never titles (app/access.py). Operator-level, like the rest of /status.
     access_not_established: dict[str, Any] = field(default_factory=dict)
+    #: SEARCH_DATABASE_URL's standby: whether searches use it, why not, its lag (app/replica.py); None unset.
+    search_standby: dict[str, Any] | None = None
 
 
 #: The per-page fields of a `StatusReport`: ids, titles, errors, attachment file names.
@@ -109,6 +111,7 @@ async def status_report(rt: Runtime, *, limit: int = 20) -> StatusReport:
         data=data_location(rt.settings),
         skipped_attachments=skipped_files,
         access_not_established=await unestablished(rt.pool, limit=limit),
+        search_standby=rt.search_db.report(),
     )
 
 

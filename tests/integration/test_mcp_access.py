@@ -30,6 +30,12 @@ class _Runtime:
     pool: Any
     settings: Settings
     embedder: Any
+    search_db: Any = None
+
+    def __post_init__(self) -> None:
+        from app.replica import SearchDatabase
+
+        self.search_db = SearchDatabase(self.pool, None, max_lag=self.settings.search_replica_max_lag)
 
 
 class _Embedder:

@@ -28,6 +28,12 @@ class FakeRuntime:
     pool: Any
     embedder: Any
     settings: Settings
+    search_db: Any = None
+
+    def __post_init__(self) -> None:
+        from app.replica import SearchDatabase
+
+        self.search_db = SearchDatabase(self.pool, None, max_lag=self.settings.search_replica_max_lag)
 
 
 def build_app(
