@@ -25,7 +25,7 @@ from app.access import PageAccess, Restriction, SpaceAccess
 from app.errors import DatabaseUnavailable, RetryableError
 from app.models import ContentType, Page
 from app.permissions_client import AccessUnavailable, restriction_unknown, space_unknown
-from app.queue import MAINTENANCE_QUEUE, task
+from app.queue import MAINTENANCE_QUEUE, PageJobRequest, defer_pages, in_deferral_transaction, task
 from app.retry import Backoff
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ PERMISSION_SYNC_STATE = "permission_sync"
 PATH_UNREAD_PREFIX = "path-unread:"
 #: Paths the scheduled sync re-reads per run, beyond restrictions: pages whose path is not read in full or
 #: names something not established first, then the least recently read. Bounds the sync's calls per run
-#: (two or three per page) while a move no event reported still converges within a few runs.
+#: (three or four per page: path, space, restrictions) while a move no event reported still converges within a
+#: few runs.
 PATH_RECHECKS_PER_SYNC = 500
 
 
@@ -84,10 +85,14 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
     """
     client = rt.permissions
     marker = path_unread_marker(page.id)
+    # A page job's `Page` was just fetched, space included; a stored `PageKey` (the sync's re-reads) names the
+    # space of the last page job, which a move to another space made wrong: read it with the path.
+    known_space = page.space_key if isinstance(page, Page) else None
     async with rt.pool.connection() as conn:
         started = await access.read_started(conn)
     try:
         path = await client.path(page.id, page.content_type)
+        space_key = known_space or await client.space_of(page.id, page.content_type)
     except (AccessUnavailable, RetryableError) as exc:
         # The path we hold (none, or the one before a move) may lack ancestors whose restrictions count: keep
         # it, but append the not-established marker, to the page and to its descendants' paths, so nothing
@@ -108,16 +113,16 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
 
     errors: list[str] = []
     transient: RetryableError | None = None
-    space_stale, stale = await _stale_parts(rt, page.space_key, path[:-1])
+    space_stale, stale = await _stale_parts(rt, space_key, path[:-1])
     space_access: SpaceAccess | None = None
     if space_stale:
         asked = datetime.now(UTC)
         try:
-            space_access = await client.space_access(page.space_key)
+            space_access = await client.space_access(space_key)
         except (AccessUnavailable, RetryableError) as exc:
             transient = exc if isinstance(exc, RetryableError) else transient
             errors.append(f"{type(exc).__name__}: {exc}")
-            space_access = space_unknown(page.space_key, errors[-1], asked)
+            space_access = space_unknown(space_key, errors[-1], asked)
     restrictions: list[Restriction] = []
     for content_id in [*stale, page.id]:
         asked = datetime.now(UTC)
@@ -128,16 +133,23 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
             errors.append(f"{type(exc).__name__}: {exc}")
             restrictions.append(restriction_unknown(content_id, errors[-1], asked))
 
-    async with rt.pool.connection() as conn, conn.transaction():
-        previous = await _stored_path(conn, page.id)
+    async def write(conn: Any) -> bool:
+        previous = await _stored_access(conn, page.id)
         if space_access is not None:
             await access.save_space(conn, space_access)
         await access.save_restrictions(conn, restrictions)
-        written = await access.save_page_access(conn, PageAccess(page.id, page.space_key, path), read_at=started)
-        moved = written and previous is not None and tuple(previous) != path
-        if moved:  # also when the previous path was not read in full: its marker leaves the subtree's paths
-            await _rewrite_descendant_paths(conn, page.id, path, page.space_key)
+        written = await access.save_page_access(conn, PageAccess(page.id, space_key, path), read_at=started)
+        # A move: the path changed (also when the previous one was not read in full: its marker leaves the
+        # subtree's paths), or the space did (a top-level page moved to another space's top level keeps its
+        # path `(itself,)`, and its subtree moved with it).
+        moved = written and previous is not None and (tuple(previous[0]) != path or previous[1] != space_key)
+        if moved:
+            await _rewrite_descendant_paths(conn, page.id, path, space_key)
+            await _requeue_moved_rows(conn, page.id, space_key, include_root=known_space is None)
         await access.drop_unnamed_restrictions(conn, [marker])
+        return moved
+
+    moved = await in_deferral_transaction(rt.pool, write)
     if errors:
         log.warning("page access not established; hidden from everyone", extra={"page_id": page.id, "error": errors})
     if transient is not None:
@@ -148,9 +160,37 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
 
 
 async def _stored_path(conn: Any, page_id: str) -> list[str] | None:
-    cur = await conn.execute("SELECT path FROM cv_page_access WHERE page_id = %s", (page_id,))
+    stored = await _stored_access(conn, page_id)
+    return stored[0] if stored else None
+
+
+async def _stored_access(conn: Any, page_id: str) -> tuple[list[str], str] | None:
+    """The stored path and space of `page_id`."""
+    cur = await conn.execute("SELECT path, space_key FROM cv_page_access WHERE page_id = %s", (page_id,))
     row = await cur.fetchone()
-    return list(row[0]) if row else None
+    return (list(row[0]), str(row[1])) if row else None
+
+
+async def _requeue_moved_rows(conn: Any, root_id: str, space_key: str, *, include_root: bool) -> int:
+    """Queue a page job (event `page_moved`) for every indexed page at or below `root_id` whose rows still
+    name another space than `space_key`, in the caller's transaction (with the access that moved them).
+
+    Why: access follows a move at once (`_rewrite_descendant_paths`), but the rows' metadata (`space_key`,
+    which `space` searches and MCP `list_spaces` read) comes from each page's own job, and Confluence sends
+    `page_moved` for the moved page only. `include_root`: False when the caller is the root's own job (its
+    rows are being rewritten already). Returns how many pages were queued."""
+    cur = await conn.execute(
+        """SELECT p.page_id, p.content_type FROM cv_pages AS p JOIN cv_page_access AS a USING (page_id)
+           WHERE a.path @> ARRAY[%(root)s]::text[] AND (%(include_root)s OR p.page_id <> %(root)s)
+             AND p.status = 'indexed' AND p.space_key IS DISTINCT FROM %(space)s
+           ORDER BY p.page_id""",
+        {"root": root_id, "space": space_key, "include_root": include_root},
+    )
+    requests = [PageJobRequest(str(r[0]), str(r[1] or "page"), "page_moved") for r in await cur.fetchall()]
+    if requests:
+        await defer_pages(conn, requests)
+        log.info("pages moved to another space queued", extra={"page_id": root_id, "pages": len(requests)})
+    return len(requests)
 
 
 async def _rewrite_descendant_paths(conn: Any, page_id: str, path: tuple[str, ...], space_key: str) -> None:
@@ -354,10 +394,14 @@ async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
     marker = path_unread_marker(folder_id)
     try:
         path: tuple[str, ...] | None = await rt.permissions.folder_path(folder_id)
+        # Moved to another space, the folder took its pages along: they answer to that space now.
+        folder_space: str | None = await rt.permissions.space_of(folder_id, "folder")
         error = None
     except (AccessUnavailable, RetryableError) as exc:
-        path, error = None, f"{type(exc).__name__}: folder path not read in full: {exc}"
-    async with rt.pool.connection() as conn, conn.transaction():
+        path, folder_space = None, None
+        error = f"{type(exc).__name__}: folder path not read in full: {exc}"
+
+    async def write(conn: Any) -> tuple[tuple[str, ...], str] | None:
         cur = await conn.execute(
             """SELECT path[1:array_position(path, %(id)s)], space_key FROM cv_page_access
                WHERE path @> ARRAY[%(id)s]::text[] AND page_id <> %(id)s LIMIT 1""",
@@ -365,25 +409,35 @@ async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
         )
         row = await cur.fetchone()
         if row is None:  # no indexed page below it: nothing to rewrite
-            return path is not None
-        held, space_key = [str(i) for i in row[0]], str(row[1])
-        if path is None:
+            return None
+        held, space_key = [str(i) for i in row[0]], folder_space or str(row[1])
+        written = path
+        if written is None:
             await access.save_restrictions(conn, [restriction_unknown(marker, error or "not read")])
-            path = access.distinct_path([*held, marker])
+            written = access.distinct_path([*held, marker])
         # Every id on a stored path needs a restriction row (`cv_page_visible` relies on it): new ones start
         # not established, as `access.save_page_access` does.
         await conn.execute(
             """INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
                SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity' ON CONFLICT (content_id) DO NOTHING""",
-            (list(path),),
+            (list(written),),
         )
-        await _rewrite_descendant_paths(conn, folder_id, path, space_key)
+        await _rewrite_descendant_paths(conn, folder_id, written, space_key)
+        await _requeue_moved_rows(conn, folder_id, space_key, include_root=False)
+        return written, space_key
+
+    rewritten = await in_deferral_transaction(rt.pool, write)
+    if rewritten is None:
+        return path is not None
     if error is not None:
         log.warning("folder path not established; its pages hidden", extra={"page_id": folder_id, "error": error})
         return False
-    # Ancestors new to these paths have placeholder rows (not established): read them now, not at the next sync.
-    stale = await _stale_parts(rt, space_key, path[:-1])
-    await refresh_restrictions(rt, stale[1])
+    # The space (when new to the index) and ancestors new to these paths have no established record yet: read
+    # them now, not at the next sync.
+    space_stale, stale = await _stale_parts(rt, rewritten[1], rewritten[0][:-1])
+    if space_stale:
+        await refresh_space(rt, rewritten[1])
+    await refresh_restrictions(rt, stale)
     return True
 
 

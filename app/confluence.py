@@ -553,6 +553,11 @@ class ConfluenceClient:
                 self._titles[content_id] = cached
         return cached
 
+    async def space_key_of(self, space_id: str) -> str:
+        """The key of the Cloud space with this id (v2 `GET /spaces/{id}`; cached, as for listed pages).
+        Raises ConfluenceError, PageNotFound."""
+        return (await self._cloud_space(space_id)).key
+
     async def _cloud_space(self, space_id: str) -> SpaceInfo:
         space = self._spaces.get(space_id)
         if space is None:

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 from app.access import ANYONE, Restriction, SpaceAccess, distinct_path, group_principal, person_principals
@@ -238,6 +238,31 @@ class PermissionsClient:
             raise AccessUnavailable(f"ancestors of {page_id}: {exc}") from exc
         ancestors = [str(a["id"]) for a in data.get("ancestors") or () if isinstance(a, dict) and a.get("id")]
         return distinct_path([*ancestors, page_id])
+
+    async def space_of(self, content_id: str, kind: ContentType | Literal["folder"]) -> str:
+        """The key of the space `content_id` (a page, blog post or Cloud folder) is in now.
+
+        Why: a page moved to another space, or a folder with the pages below it, takes its subtree along, and
+        from then on the new space's permissions decide who may read them (Atlassian, "Move and reorder
+        pages"); the key stored at the last page job says where it was. Cloud: v2 `GET /{pages|blogposts|
+        folders}/{id}` gives `spaceId`, then `GET /spaces/{id}` its key (cached); Data Center: v1
+        `GET /rest/api/content/{id}?expand=space`. Raises AccessUnavailable."""
+        try:
+            if self.is_cloud:
+                collection = {"page": "pages", "blogpost": "blogposts", "folder": "folders"}[kind]
+                data = await self._c.get_json("v2", f"{collection}/{quote(content_id, safe='')}")
+                space_id = data.get("spaceId")
+                if space_id is None or str(space_id) == "":
+                    raise AccessUnavailable(f"space of {content_id}: Confluence named none")
+                return await self._c.space_key_of(str(space_id))
+            data = await self._c.get_json("v1", f"content/{quote(content_id, safe='')}", {"expand": "space"})
+        except (ConfluenceError, PageNotFound) as exc:
+            raise AccessUnavailable(f"space of {content_id}: {exc}") from exc
+        space = data.get("space")
+        key = space.get("key") if isinstance(space, dict) else None
+        if not isinstance(key, str) or not key:
+            raise AccessUnavailable(f"space of {content_id}: Confluence named none")
+        return key
 
     async def folder_path(self, folder_id: str) -> tuple[str, ...]:
         """Every content id from the space root down to the folder itself (Cloud: folders are Cloud content,

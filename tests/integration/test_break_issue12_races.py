@@ -131,6 +131,9 @@ class MovingConfluence:
     async def restriction(self, content_id: str) -> Restriction:
         return self.restrictions[content_id]
 
+    async def space_of(self, content_id: str, kind: str) -> str:
+        return "ENG"  # the page moves within its space
+
     async def space_access(self, space_key: str) -> SpaceAccess:
         return SpaceAccess(space_key, frozenset({"group:staff"}))
 
