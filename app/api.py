@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app import __version__
 from app.api_auth import status_caller
 from app.config import Settings
+from app.errors import ConfluenceVectorsError
 from app.gauges import StateGauges
 from app.mcp_server import mount_http as mount_mcp
 from app.routes_access import router as access_router
@@ -37,7 +38,12 @@ def create_app(settings: Settings, *, worker: bool = True, bind_host: str = "127
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.open(settings)
+        try:
+            runtime = await Runtime.open(settings)
+        except ConfluenceVectorsError as exc:
+            # Said once, plainly, before the server framework's own traceback of the failed start.
+            log.error(f"start refused: {exc}")
+            raise
         app.state.runtime = runtime
         app.state.bind_host = bind_host
         app.state.ready_cache = {}

@@ -319,6 +319,20 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(t)
     if report.failed or report.failed_jobs:
         console.print("Retry the failed pages with: confluence-vectors retry-failed")
+    hidden = report.access_not_established
+    if hidden.get("spaces") or hidden.get("content"):
+        t = Table(title="Access not established: hidden from everyone until read again")
+        for col in ("what", "error"):
+            t.add_column(col)
+        for row in hidden.get("spaces") or []:
+            t.add_row(f"space {row.get('space_key')}", str(row.get("error") or ""))
+        for row in hidden.get("content") or []:
+            t.add_row(f"content {row.get('content_id')}", str(row.get("error") or ""))
+        console.print(t)
+        more = int(hidden.get("content_count") or 0) - len(hidden.get("content") or [])
+        if more > 0:
+            console.print(f"... and {more} more content ids (`status --json` lists the first ones).")
+        console.print("The scheduled permission sync reads them again; `confluence-vectors sync-permissions` does now.")
     if report.skipped_attachments:
         t = Table(title="Skipped attachments")
         for col in ("page_id", "file_name", "reason", "detail"):

@@ -77,6 +77,7 @@ async def migrate(url: str, settings: Settings, *, table: str | None = None) -> 
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             await conn.execute(_schema_sql())
+            await _drop_if_empty_and_built_otherwise(conn, table, settings)
             await ensure_vector_table(
                 conn,
                 table,
@@ -378,6 +379,59 @@ async def _existing(conn: psycopg.AsyncConnection[Any], table: str, names: list[
         )
     ).fetchone()
     return set(row[0]) if row else set()
+
+
+#: Seconds a start waits for the lock that drops an empty table built for other settings (a writer holding it is
+#: writing rows: then the table is not empty, and the start refuses as for any table with vectors).
+EMPTY_TABLE_LOCK_SECONDS = 5
+
+
+async def _drop_if_empty_and_built_otherwise(
+    conn: psycopg.AsyncConnection[Any], table: str, settings: Settings
+) -> None:
+    """Drop `data_<table>` when it holds no row and was built for another EMBED_MODEL, EMBED_DIM or VECTOR_TYPE,
+    so the start creates it for the settings it has.
+
+    Why: a first start with a wrong EMBED_DIM (the page jobs then fail on the model's real dimension) or the
+    default EMBED_MODEL fixes the table's model before any vector is written; correcting the setting then met
+    "run reindex" for a table with nothing to rebuild (found by a new user following the README). A table with
+    rows is never touched here: mixing two models' vectors is what `check_index_model` refuses.
+    """
+    physical = sql.Identifier(f"data_{table}")
+    row = await (
+        await conn.execute("SELECT embed_model, embed_dim FROM cv_index_meta WHERE table_name = %s", (table,))
+    ).fetchone()
+    built_type = await embedding_type(conn, table)
+    other_model = row is not None and (row[0], row[1]) != (settings.embed_model, settings.embed_dim)
+    other_type = built_type is not None and built_type != settings.vector_type
+    if not (other_model or other_type):
+        return
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{EMPTY_TABLE_LOCK_SECONDS}s'")
+        if built_type is not None:
+            try:
+                await conn.execute(sql.SQL("LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE").format(t=physical))
+            except psycopg.errors.LockNotAvailable:
+                return  # in use: someone writes to it, so it is not empty; `check_index_model` decides
+            has_rows = await (
+                await conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {t})").format(t=physical))
+            ).fetchone()
+            if has_rows is None or has_rows[0]:
+                return
+            await conn.execute("DELETE FROM cv_term_counts WHERE relid = to_regclass(%s)", (physical.as_string(conn),))
+            await conn.execute("DELETE FROM cv_term_deltas WHERE relid = to_regclass(%s)", (physical.as_string(conn),))
+            await conn.execute(sql.SQL("DROP TABLE {t}").format(t=physical))
+        await conn.execute("DELETE FROM cv_index_meta WHERE table_name = %s", (table,))
+    log.warning(
+        "the empty vector table was built for other settings: created again for these",
+        extra={
+            "table": f"data_{table}",
+            "built": f"EMBED_MODEL={row[0] if row else '?'} EMBED_DIM={row[1] if row else '?'} "
+            f"VECTOR_TYPE={built_type}",
+            "now": f"EMBED_MODEL={settings.embed_model} EMBED_DIM={settings.embed_dim} "
+            f"VECTOR_TYPE={settings.vector_type}",
+        },
+    )
 
 
 async def check_index_model(conn: psycopg.AsyncConnection[Any], table: str, model: str, dim: int) -> None:
