@@ -111,6 +111,40 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
         await schedule_access_recheck(rt)
         return AccessOutcome(False, error)
 
+    outcome = await _record_read_access(rt, page, path, space_key, started, check_ancestors=known_space is not None)
+    if outcome is None:
+        # An ancestor's record, read since, names another space than our fetch did: the subtree was being moved
+        # to another space while this page was fetched. Read the space again, with the path's date.
+        try:
+            space_key = await client.space_of(page.id, page.content_type)
+        except (AccessUnavailable, RetryableError) as exc:
+            raise RetryableError(f"space of {page.id} moving, not read again: {exc}") from exc
+        outcome = await _record_read_access(rt, page, path, space_key, started, check_ancestors=False)
+        assert outcome is not None
+    return outcome
+
+
+async def _record_read_access(
+    rt: Runtime,
+    page: Page | PageKey,
+    path: tuple[str, ...],
+    space_key: str,
+    started: datetime,
+    *,
+    check_ancestors: bool,
+) -> AccessOutcome | None:
+    """`record_page_access` once the path and space are read: read the space's and restrictions' records that
+    are stale, then store them with the page's access in one transaction. None (nothing written) when
+    `check_ancestors` and an ancestor's stored record names another space than `space_key`.
+
+    Why the check: the pages of a path are in one space, and a page job's space comes from its fetch, before
+    `started`. A move of an ancestor to another space, recorded between the fetch and this write, rewrites the
+    subtree's records, but not this page's if it had none yet (a new page): its fetched space would then be
+    stored as newer than the move (found by a reviewer: a child created while its parent moved stayed readable
+    by the old space). The ancestors' rows are locked (FOR SHARE) while checking, so a concurrent move either
+    commits first (and is seen here) or waits for this write (and its subtree rewrite sees this row)."""
+    client = rt.permissions
+    marker = path_unread_marker(page.id)
     errors: list[str] = []
     transient: RetryableError | None = None
     space_stale, stale = await _stale_parts(rt, space_key, path[:-1])
@@ -133,7 +167,14 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
             errors.append(f"{type(exc).__name__}: {exc}")
             restrictions.append(restriction_unknown(content_id, errors[-1], asked))
 
-    async def write(conn: Any) -> bool:
+    async def write(conn: Any) -> bool | None:
+        if check_ancestors and len(path) > 1:
+            cur = await conn.execute(
+                """SELECT space_key FROM cv_page_access WHERE page_id = ANY (%s) ORDER BY page_id FOR SHARE""",
+                (list(path[:-1]),),
+            )
+            if any(str(r[0]) != space_key for r in await cur.fetchall()):
+                return None
         previous = await _stored_access(conn, page.id)
         if space_access is not None:
             await access.save_space(conn, space_access)
@@ -143,13 +184,17 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
         # subtree's paths), or the space did (a top-level page moved to another space's top level keeps its
         # path `(itself,)`, and its subtree moved with it).
         moved = written and previous is not None and (tuple(previous[0]) != path or previous[1] != space_key)
-        if moved:
+        if written:
+            # Also without a previous record of this page (its first job ended failed, or has not run yet, while
+            # pages below it were indexed): their stored paths name it, and follow it (a no-op when they agree).
             await _rewrite_descendant_paths(conn, page.id, path, space_key)
-            await _requeue_moved_rows(conn, page.id, space_key, include_root=known_space is None)
+            await _requeue_moved_rows(conn, page.id, space_key, include_root=not isinstance(page, Page))
         await access.drop_unnamed_restrictions(conn, [marker])
         return moved
 
     moved = await in_deferral_transaction(rt.pool, write)
+    if moved is None:
+        return None
     if errors:
         log.warning("page access not established; hidden from everyone", extra={"page_id": page.id, "error": errors})
     if transient is not None:
@@ -201,7 +246,9 @@ async def _rewrite_descendant_paths(conn: Any, page_id: str, path: tuple[str, ..
         """UPDATE cv_page_access
            SET path = %(path)s::text[] || array_remove(path[array_position(path, %(id)s) + 1:], %(marker)s),
                space_key = %(space)s, updated_at = now()
-           WHERE path @> ARRAY[%(id)s]::text[] AND page_id <> %(id)s""",
+           WHERE path @> ARRAY[%(id)s]::text[] AND page_id <> %(id)s
+             AND (path[1:array_position(path, %(id)s)] IS DISTINCT FROM %(path)s::text[]
+                  OR space_key IS DISTINCT FROM %(space)s OR %(marker)s = ANY (path))""",
         {"path": list(path), "id": page_id, "space": space_key, "marker": path_unread_marker(page_id)},
     )
 
@@ -388,8 +435,9 @@ async def defer_folder_refresh(rt: Runtime, folder_id: str) -> bool:
 async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
     """A folder event: re-read the folder's own restriction and its path, and give every indexed page below
     it the folder's new path above it (no page is fetched, nothing re-embedded). Returns whether the path
-    was read; when it was not (the folder was removed, or refused us), the pages below carry the folder's
-    not-established marker and stay hidden until the sync reads their own paths (`_recheck_paths`)."""
+    was read and what it newly names (a space, ancestors) established; when the path was not (the folder was
+    removed, or refused us), the pages below carry the folder's not-established marker and stay hidden until
+    the sync reads their own paths (`_recheck_paths`). False makes the job schedule an access re-check."""
     await refresh_restrictions(rt, [folder_id])
     marker = path_unread_marker(folder_id)
     try:
@@ -435,19 +483,20 @@ async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
     # The space (when new to the index) and ancestors new to these paths have no established record yet: read
     # them now, not at the next sync.
     space_stale, stale = await _stale_parts(rt, rewritten[1], rewritten[0][:-1])
+    established = True
     if space_stale:
-        await refresh_space(rt, rewritten[1])
-    await refresh_restrictions(rt, stale)
-    return True
+        established = (await refresh_space(rt, rewritten[1])).principals is not None
+    established = all(r.restricted is not None for r in await refresh_restrictions(rt, stale)) and established
+    return established
 
 
 @task(name="refresh_folder_access", queue=MAINTENANCE_QUEUE)
 async def refresh_folder_access_job(rt: Runtime, folder_id: str) -> dict[str, Any]:
     """A folder moved or its restriction changed: its pages' access follows (`refresh_folder`)."""
-    path_read = await refresh_folder(rt, folder_id)
-    if not path_read:
+    established = await refresh_folder(rt, folder_id)
+    if not established:
         await schedule_access_recheck(rt)
-    return {"folder_id": folder_id, "path_read": path_read}
+    return {"folder_id": folder_id, "established": established}
 
 
 @task(name="refresh_space_access", queue=MAINTENANCE_QUEUE)
