@@ -162,6 +162,19 @@ async def save_restrictions(conn: AsyncConnection[Any], restrictions: Sequence[R
         )
 
 
+async def lock_path_restrictions(conn: AsyncConnection[Any], path: Sequence[str]) -> None:
+    """Lock (creating not-established placeholders where missing) the restriction rows of every id on `path`, in
+    sorted order, until the caller's transaction ends: taken first by every writer of a page's access, so two
+    writers of overlapping paths (a parent's and a child's job) queue on the same first row instead of locking
+    rows in opposite orders (a deadlock, found by a reviewer)."""
+    await conn.execute(
+        """INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
+           SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity'
+           ON CONFLICT (content_id) DO UPDATE SET content_id = EXCLUDED.content_id WHERE false""",
+        (sorted(distinct_path(path)),),
+    )
+
+
 async def save_page_access(conn: AsyncConnection[Any], access: PageAccess, *, read_at: datetime | None = None) -> bool:
     """Upsert a page's space and path, unless a read that started later is already stored; returns whether it
     was written. `read_at` is when the path's read began (the database clock, `read_started`): a page job and

@@ -119,7 +119,11 @@ async def record_page_access(rt: Runtime, page: Page | PageKey) -> AccessOutcome
             space_key = await client.space_of(page.id, page.content_type)
         except (AccessUnavailable, RetryableError) as exc:
             raise RetryableError(f"space of {page.id} moving, not read again: {exc}") from exc
-        outcome = await _record_read_access(rt, page, path, space_key, started, check_ancestors=False)
+        # The job goes on to write the page's rows from its fetch: if that named another space, one more job
+        # (queued with the access, after this one) rewrites them from a fresh fetch.
+        outcome = await _record_read_access(
+            rt, page, path, space_key, started, check_ancestors=False, requeue_root=space_key != known_space
+        )
         assert outcome is not None
     return outcome
 
@@ -132,6 +136,7 @@ async def _record_read_access(
     started: datetime,
     *,
     check_ancestors: bool,
+    requeue_root: bool = False,
 ) -> AccessOutcome | None:
     """`record_page_access` once the path and space are read: read the space's and restrictions' records that
     are stale, then store them with the page's access in one transaction. None (nothing written) when
@@ -168,12 +173,16 @@ async def _record_read_access(
             restrictions.append(restriction_unknown(content_id, errors[-1], asked))
 
     async def write(conn: Any) -> bool | None:
+        await access.lock_path_restrictions(conn, [*path, *(r.content_id for r in restrictions)])
         if check_ancestors and len(path) > 1:
+            ancestors = sorted(set(path[:-1]))
             cur = await conn.execute(
                 """SELECT space_key FROM cv_page_access WHERE page_id = ANY (%s) ORDER BY page_id FOR SHARE""",
-                (list(path[:-1]),),
+                (ancestors,),
             )
-            if any(str(r[0]) != space_key for r in await cur.fetchall()):
+            spaces = [str(r[0]) for r in await cur.fetchall()]
+            # An ancestor with no record (a folder, a page not indexed yet) cannot vouch for the fetched space.
+            if len(spaces) < len(ancestors) or any(s != space_key for s in spaces):
                 return None
         previous = await _stored_access(conn, page.id)
         if space_access is not None:
@@ -184,11 +193,14 @@ async def _record_read_access(
         # subtree's paths), or the space did (a top-level page moved to another space's top level keeps its
         # path `(itself,)`, and its subtree moved with it).
         moved = written and previous is not None and (tuple(previous[0]) != path or previous[1] != space_key)
-        if written:
+        if moved or (written and previous is None):
             # Also without a previous record of this page (its first job ended failed, or has not run yet, while
             # pages below it were indexed): their stored paths name it, and follow it (a no-op when they agree).
+            # An edit that moved nothing (the common job) skips both statements.
             await _rewrite_descendant_paths(conn, page.id, path, space_key)
             await _requeue_moved_rows(conn, page.id, space_key, include_root=not isinstance(page, Page))
+        if written and requeue_root:
+            await defer_pages(conn, [PageJobRequest(page.id, page.content_type, "page_moved")])
         await access.drop_unnamed_restrictions(conn, [marker])
         return moved
 

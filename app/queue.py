@@ -226,7 +226,7 @@ async def in_deferral_transaction(
     Raises DatabaseUnavailable when Postgres cannot be reached.
     """
     policy = AsyncRetrying(
-        retry=retry_if_exception_type((pexc.AlreadyEnqueued, psycopg.errors.TransactionRollback)),
+        retry=retry_if_exception_type((pexc.AlreadyEnqueued, *ROLLBACK_VICTIMS)),
         stop=stop_after_attempt(_DEFER_ATTEMPTS),
         before_sleep=_log_lost_race,
         reraise=True,  # the last AlreadyEnqueued / TransactionRollback itself, not tenacity's RetryError
@@ -235,11 +235,22 @@ async def in_deferral_transaction(
     return result
 
 
+#: SQLSTATE class 40 (transaction rollback) as psycopg 3 raises it: `DeadlockDetected` (40P01) and
+#: `SerializationFailure` (40001) are their own classes, subclasses of OperationalError but NOT of
+#: `TransactionRollback` (checked on psycopg 3.3), so both are named: a victim is retried, never reported as
+#: "Postgres unavailable" (found by a reviewer: a deadlock failed a page job as an outage).
+ROLLBACK_VICTIMS: tuple[type[psycopg.Error], ...] = (
+    psycopg.errors.TransactionRollback,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
+
+
 async def _in_transaction(pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
     try:
         async with pool.connection() as conn, conn.transaction():
             return await work(conn)
-    except psycopg.errors.TransactionRollback:
+    except ROLLBACK_VICTIMS:
         raise  # a deadlock or serialization victim (an OperationalError too): retried, not "unavailable"
     except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
         raise DatabaseUnavailable(f"cannot store the jobs: {exc}") from exc
