@@ -439,6 +439,7 @@ def search(
     ] = None,
 ) -> None:
     """Search the index from the terminal as a person (same ranking and permission filter as GET /search)."""
+    from app.replica import precompute
     from app.search import SearchMode
     from app.search import search as do_search
     from app.search_view import print_results
@@ -448,10 +449,11 @@ def search(
 
     async def run(rt: Any) -> Any:
         principals = await viewer_principals(rt, as_user, named_by="--as")
+        embedder = await precompute(rt.embedder, query)
         return await rt.search_db.run(
             lambda pool: do_search(
                 pool,
-                rt.embedder,
+                embedder,
                 settings.vector_table,
                 query,
                 k=k,

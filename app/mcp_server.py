@@ -41,6 +41,7 @@ from app import __version__
 from app.api_auth import is_loopback, require_api_token
 from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
 from app.page_text import Chunk, PageText, assemble, slice_text
+from app.replica import precompute
 from app.runtime import Runtime
 from app.search import SearchHit, SearchMode, search
 from app.viewer import HEADER as PERSON_HEADER  # the one name, shared with /search
@@ -148,10 +149,11 @@ async def search_as(
     SEARCH_SERVICE_IDENTITY applies, and without that the search is refused (`PersonRequired`).
     """
     principals = await viewer_principals(rt, person)
+    embedder = await precompute(rt.embedder, query)  # once, before choosing where to search
     return await rt.search_db.run(
         lambda pool: search(
             pool,
-            rt.embedder,
+            embedder,
             rt.settings.vector_table,
             query,
             k=k,

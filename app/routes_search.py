@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from app.api_auth import require_api_token
 from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
+from app.replica import precompute
 from app.search import SearchHit, SearchMode, search
 from app.viewer import HEADER, MAX_IDENTITY_CHARS, PersonRequired, PersonUnavailable, PersonUnknown, viewer_principals
 
@@ -98,10 +99,11 @@ async def search_endpoint(
             status_code=503, detail="cannot establish what this person may read now", headers={"Retry-After": "5"}
         ) from exc
     try:
+        embedder = await precompute(rt.embedder, query)  # once, before choosing where to search
         hits = await rt.search_db.run(
             lambda pool: search(
                 pool,
-                rt.embedder,
+                embedder,
                 rt.settings.vector_table,
                 query,
                 k=k,

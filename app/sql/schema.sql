@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS cv_state (
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- Heartbeats of the processes that search on a standby (app/replica.py): each writes its counter here on the
+-- primary every second and reads it back on the standby, to know how recent the standby's copy is.
+CREATE TABLE IF NOT EXISTS cv_search_heartbeat (
+    probe_id    TEXT PRIMARY KEY,
+    beat        BIGINT NOT NULL,
+    at          TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
 -- Webhook deliveries seen recently (digest of body or delivery id), to acknowledge re-deliveries once.
 CREATE TABLE IF NOT EXISTS cv_deliveries (
     digest       TEXT PRIMARY KEY,

@@ -27,7 +27,7 @@ from app.access import PageAccess, Restriction, SpaceAccess, person_principals
 from app.chunking import chunk_page, embed_text
 from app.db import make_pool, migrate
 from app.models import Page
-from app.replica import ReplicaState, SearchDatabase, judge, standby_pool
+from app.replica import SearchDatabase, _NotFresh, _OneConnection, standby_pool
 from app.search import SearchMode, search
 from app.vector_store import VectorStore, metadata_hash
 from tests.conftest import make_settings
@@ -168,9 +168,18 @@ async def _replayed(primary: Any, standby_url: str) -> None:
     await _until_standby(standby_url, "pg_last_wal_replay_lsn() >= %s::pg_lsn", (await _primary_lsn(primary),))
 
 
+async def _until_fresh(db: SearchDatabase, timeout: float = 30) -> None:
+    """Beat until the standby shows one of this process's recent heartbeats (replay takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while not (await db.beat()).usable:
+        assert time.monotonic() < deadline, db.state
+
+
 def _searcher(used: list[Any]) -> Any:
+    """A search as Alice that records where it ran: "primary", or "standby" (a standby connection)."""
+
     async def fn(pool: Any) -> list[str]:
-        used.append(pool)
+        used.append("standby" if isinstance(pool, _OneConnection) else "primary")
         hits = await search(pool, Embedder(), "confluence", "salary", k=5, mode=SearchMode.HYBRID, principals=ALICE)
         return sorted({h.page_id for h in hits})
 
@@ -183,10 +192,10 @@ async def test_a_caught_up_standby_answers_searches(pools: tuple[Any, Any], stan
     db = SearchDatabase(primary, replica, max_lag=10.0)
     await db.open()
     try:
-        assert db.usable(), db.state
+        await _until_fresh(db)
         used: list[Any] = []
         assert await db.run(_searcher(used)) == ["1", "2"]
-        assert used == [replica]
+        assert used == ["standby"]
         report = db.report()
         assert report is not None and report["used"] is True
         assert isinstance(report["lag_seconds_at_most"], float) and report["lag_seconds_at_most"] <= 10.0
@@ -217,10 +226,10 @@ async def test_a_restriction_the_standby_has_not_replayed_is_never_searched_ther
         db = SearchDatabase(primary, replica, max_lag=3600.0)
         await db.open()
         try:
-            assert db.state is not None and not db.usable() and "behind the primary" in db.state.reason
+            assert not db.usable() and "heartbeat" in db.state.reason  # type: ignore[union-attr]
             used: list[Any] = []
             assert await db.run(_searcher(used)) == ["2"]
-            assert used == [primary]
+            assert used == ["primary"]
         finally:
             await db.close()
     finally:
@@ -232,8 +241,8 @@ async def test_a_standby_cut_off_from_its_primary_is_not_used_once_the_primary_m
     pools: tuple[Any, Any], standby: Standby
 ) -> None:
     """A standby cut off from its primary replays nothing more and believes it is up to date (everything it
-    received is replayed). Only the primary's own position tells: once the primary writes (a restriction), the
-    standby is behind it, and the search runs on the primary."""
+    received is replayed). Our heartbeats, written on the primary, never reach it: the search runs on the
+    primary, which has the restriction."""
     primary, replica = pools
     url = standby.url("cv_standby")
     await _replayed(primary, url)
@@ -246,10 +255,10 @@ async def test_a_standby_cut_off_from_its_primary_is_not_used_once_the_primary_m
     db = SearchDatabase(primary, replica, max_lag=3600.0)
     await db.open()
     try:
-        assert db.state is not None and not db.usable(), db.state
+        assert not db.usable(), db.state
         used: list[Any] = []
         assert await db.run(_searcher(used)) == ["2"]
-        assert used == [primary]
+        assert used == ["primary"]
     finally:
         await db.close()
 
@@ -257,8 +266,8 @@ async def test_a_standby_cut_off_from_its_primary_is_not_used_once_the_primary_m
 async def test_a_role_with_no_monitoring_privilege_can_use_the_standby(
     cluster: Cluster, pools: tuple[Any, Any], standby: Standby
 ) -> None:
-    """The probe reads only functions every role may call (WAL positions, pg_is_in_recovery, the system
-    identifier): a search role needs no pg_read_all_stats."""
+    """The standby side reads one row of a table (`cv_search_heartbeat`): a search role needs no
+    pg_read_all_stats or other monitoring privilege."""
     primary, _ = pools
     async with primary.connection() as conn:
         await conn.execute("DROP ROLE IF EXISTS cv_searcher")
@@ -270,7 +279,7 @@ async def test_a_role_with_no_monitoring_privilege_can_use_the_standby(
     db = SearchDatabase(primary, replica, max_lag=3600.0)
     await db.open()
     try:
-        assert db.usable(), db.state
+        await _until_fresh(db)
     finally:
         await db.close()
         async with primary.connection() as conn:
@@ -286,38 +295,43 @@ async def test_a_standby_that_goes_away_mid_service_leaves_searches_to_the_prima
     db = SearchDatabase(primary, replica, max_lag=10.0)
     await db.open()
     try:
-        assert db.usable()
+        await _until_fresh(db)
         standby.stop()  # immediate: the pooled connections die with it
         used: list[Any] = []
-        assert await db.run(_searcher(used)) == ["1", "2"]  # failed on the standby, answered by the primary
-        assert used == [replica, primary]
-        used.clear()
-        assert await db.run(_searcher(used)) == ["1", "2"]
-        assert used == [primary]  # no second attempt on the standby before a probe finds it back
+        assert await db.run(_searcher(used)) == ["1", "2"]  # answered by the primary
+        assert used[-1:] == ["primary"]
         state = await db.probe()
         assert not db.usable() and state.reason.startswith("unreachable")
         assert "host" not in state.reason  # shown in /status: the class only, never the address
         standby.start()
-        deadline = time.monotonic() + 60
-        while (await db.probe()) and not db.usable():  # the pool reconnects once the standby is back
-            assert time.monotonic() < deadline, db.state
-            await asyncio.sleep(0.1)
+        await _until_fresh(db, timeout=60)  # the pool reconnects once the standby is back
         used.clear()
         assert await db.run(_searcher(used)) == ["1", "2"]
-        assert used == [replica]
+        assert used == ["standby"]
     finally:
         await db.close()
 
 
-async def test_the_primary_itself_as_search_database_is_not_used(cluster: Cluster, pools: tuple[Any, Any]) -> None:
-    """A server not in recovery is a primary: perhaps a standby promoted by a failover, which no longer follows
-    the database the service writes to. Nothing read there can be trusted to be current."""
-    primary, _ = pools
-    other = make_pool(cluster.url("cv_standby"), max_size=1)
-    db = SearchDatabase(primary, other, max_lag=3600.0)
+async def test_a_promoted_standby_is_not_used_once_it_stops_following(pools: tuple[Any, Any], standby: Standby) -> None:
+    """A standby promoted by a failover (pg_promote) no longer follows the database the service writes to: our
+    heartbeats stop reaching it, and within SEARCH_REPLICA_MAX_LAG searches leave it, although its copy looks
+    complete to itself."""
+    primary, replica = pools
+    url = standby.url("cv_standby")
+    db = SearchDatabase(primary, replica, max_lag=1.0)
     await db.open()
     try:
-        assert db.state is not None and not db.usable() and "not a standby" in db.state.reason
+        await _until_fresh(db)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("SELECT pg_promote()")
+        async with primary.connection() as conn:
+            await access.save_restrictions(conn, [Restriction("1", True, frozenset({"group:board"}))])
+        deadline = time.monotonic() + 30
+        while (await db.beat()).usable:
+            assert time.monotonic() < deadline, db.state
+        used: list[Any] = []
+        assert await db.run(_searcher(used)) == ["2"]
+        assert used == ["primary"]
     finally:
         await db.close()
 
@@ -342,7 +356,8 @@ async def test_the_runtime_routes_searches_and_reports_the_standby(cluster: Clus
     rt = await Runtime.open(settings)
     ollama_client = rt.embedder
     try:
-        assert rt.search_db.standby is not None and rt.search_db.usable()
+        assert rt.search_db.standby is not None
+        await _until_fresh(rt.search_db)
         before = rt.metrics.search_fallbacks.labels("standby not usable")._value.get()
         rt.embedder = Embedder()  # type: ignore[assignment]  # no Ollama here: the test's deterministic vectors
         hits = await search_as(rt, None, "salary", k=5, space=None, label=None, mode=SearchMode.HYBRID)
@@ -355,21 +370,30 @@ async def test_the_runtime_routes_searches_and_reports_the_standby(cluster: Clus
         await rt.close()
 
 
-def test_judge_and_the_bound_at_search_time() -> None:
-    """The rule on probes' answers: fresh at the probe's start when the standby has replayed the primary's
-    position; otherwise as fresh as before. Whether a search may use it is decided when the search starts, so a
-    late probe (a busy or hung standby) makes the standby unusable instead of stretching the bound."""
-    never = ReplicaState(False, "not probed yet", float("-inf"), float("-inf"))
-    fresh = judge(in_recovery=True, same_cluster=True, caught_up=True, probe_started=100.0, previous=never, at=100.1)
-    assert fresh.usable(105.0, max_lag=10.0) and fresh.usable(110.0, max_lag=10.0)
-    assert not fresh.usable(110.5, max_lag=10.0)  # no probe found it up to date since 100.0: too old now
-    behind = judge(in_recovery=True, same_cluster=True, caught_up=False, probe_started=103.0, previous=fresh, at=103.1)
-    assert behind.fresh_at == 100.0 and behind.usable(104.0, 10.0) and not behind.usable(111.0, 10.0)
-    first_behind = judge(
-        in_recovery=True, same_cluster=True, caught_up=False, probe_started=1.0, previous=never, at=1.0
-    )
-    assert not first_behind.usable(1.0, 3600.0)
-    promoted = judge(in_recovery=False, same_cluster=True, caught_up=True, probe_started=2.0, previous=fresh, at=2.0)
-    assert not promoted.usable(2.0, 3600.0) and "not a standby" in promoted.reason
-    other = judge(in_recovery=True, same_cluster=False, caught_up=True, probe_started=2.0, previous=fresh, at=2.0)
-    assert not other.usable(2.0, 3600.0) and "system identifier" in other.reason
+async def test_the_bound_is_the_age_of_the_beat_the_connection_shows() -> None:
+    """The rule on one standby connection: the beat it shows was written at t_k; it may answer while
+    now - t_k <= SEARCH_REPLICA_MAX_LAG. A beat this process did not write recently (another process's
+    counter, an evicted one) or no row at all (another cluster, a promoted standby): not fresh."""
+    import time as clock
+
+    class Row:
+        def __init__(self, beat: int | None) -> None:
+            self.beat = beat
+
+        async def fetchone(self) -> tuple[int] | None:
+            return None if self.beat is None else (self.beat,)
+
+    class Conn:
+        def __init__(self, beat: int | None) -> None:
+            self.beat = beat
+
+        async def execute(self, query: str, params: Any = None) -> Row:
+            return Row(self.beat)
+
+    db = SearchDatabase(object(), object(), max_lag=10.0, primary_url="postgresql:///x")  # type: ignore[arg-type]
+    now = clock.monotonic()
+    db._beats.update({7: now - 3.0, 8: now - 12.0})
+    assert 2.9 < await db._age_of_copy(Conn(7)) < 4.0  # type: ignore[arg-type]
+    for shown in (8, 9, None):  # too old, never written by us, no row
+        with pytest.raises(_NotFresh):
+            await db._age_of_copy(Conn(shown))  # type: ignore[arg-type]
