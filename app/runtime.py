@@ -58,6 +58,7 @@ class Runtime:
             None if standby_url is None else standby_pool(standby_url.get_secret_value(), settings.db_pool_size),
             max_lag=settings.search_replica_max_lag,
             on_fallback=lambda reason: metrics.search_fallbacks.labels(reason).inc(),
+            primary_url=url,
         )
         await search_db.open()
         runtime = cls(
