@@ -91,7 +91,11 @@ async def precompute(embedder: Any, query: str) -> Precomputed:
 
 
 class _OneConnection:
-    """The `connection()` of a pool, always giving the one connection the heartbeat was read on."""
+    """The `connection()` of a pool, always giving the one connection the heartbeat was read on, inside the
+    REPEATABLE READ transaction that read it (`app.search.search` then takes no snapshot of its own)."""
+
+    #: Read by `app.search.search`: the connection is already in a REPEATABLE READ transaction.
+    in_repeatable_read = True
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
@@ -200,20 +204,22 @@ class SearchDatabase:
     async def beat(self) -> ReplicaState:
         """Write the next heartbeat on the primary, then look at the standby (for /status); returns what that
         look found. Never raises."""
-        beat = self._beat + 1
-        started = time.monotonic()
+        # The number is used up and its time noted BEFORE the write: a write whose answer is lost may still
+        # commit, and a number written twice would let the second write's time vouch for a standby that only
+        # replayed the first (found by a reviewer). A standby showing k holds every commit made before t_k,
+        # whether or not we heard back.
+        self._beat += 1
+        beat, started = self._beat, time.monotonic()
+        self._beats[beat] = started
+        horizon = started - self.max_lag - 60
+        while self._beats and next(iter(self._beats.values())) < horizon:
+            self._beats.popitem(last=False)
         try:
             await self._bounded(self._write_beat(beat))
         except Exception as exc:  # a beat not written only makes the standby look older: safe
             if not isinstance(exc, _STANDBY_FAILURES):
                 log.error("search standby heartbeat failed", exc_info=exc)
             await self._drop_beat_connection()
-        else:
-            self._beat = beat
-            self._beats[beat] = started
-            horizon = started - self.max_lag - 60
-            while self._beats and next(iter(self._beats.values())) < horizon:
-                self._beats.popitem(last=False)
         await self._look()
         return self._state
 
@@ -228,6 +234,10 @@ class SearchDatabase:
                 autocommit=True,
                 connect_timeout=max(1, int(BEAT_TIMEOUT)),
                 application_name="confluence-vectors-heartbeat",
+                # The server ends a beat that waits (a lock held by a migration or an index build, a synchronous
+                # standby down) by itself: closing our side does not cancel it, and each abandoned beat would
+                # otherwise leave a backend behind (found by a reviewer).
+                options=f"-c statement_timeout={int(BEAT_TIMEOUT * 1000) - 500} -c lock_timeout=1000",
             )
         await self._beat_conn.execute(
             """INSERT INTO cv_search_heartbeat (probe_id, beat, at) VALUES (%s, %s, now())
@@ -329,7 +339,11 @@ class SearchDatabase:
 
     async def _on_standby(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         assert self.standby is not None
-        async with self.standby.connection(timeout=BEAT_TIMEOUT) as conn:
+        async with self.standby.connection(timeout=BEAT_TIMEOUT) as conn, conn.transaction():
+            # One REPEATABLE READ transaction: the snapshot that shows the heartbeat is the one the search reads,
+            # even through a proxy that hands each transaction to another server (pgbouncer pool_mode=transaction;
+            # found by a reviewer). The search's own transaction nests in it (a savepoint).
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             await self._age_of_copy(conn)  # raises _NotFresh: then the primary answers
             return await fn(_OneConnection(conn))
 

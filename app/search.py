@@ -264,7 +264,9 @@ async def search(
     }
     try:
         async with pool.connection() as conn, conn.transaction():
-            if principals is not None:  # both statements below see one snapshot of the access records
+            # Both statements below see one snapshot of the access records. On a search standby the connection is
+            # already in such a transaction, which read the heartbeat (app.replica); this one is a savepoint.
+            if principals is not None and not getattr(pool, "in_repeatable_read", False):
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             # One round trip for the settings and, for a person, their spaces and the content that blocks them
             # (computed once per query). SET cannot take bind parameters; set_config(..., true) is SET LOCAL that
