@@ -395,7 +395,8 @@ async def _drop_if_empty_and_built_otherwise(
     Why: a first start with a wrong EMBED_DIM (the page jobs then fail on the model's real dimension) or the
     default EMBED_MODEL fixes the table's model before any vector is written; correcting the setting then met
     "run reindex" for a table with nothing to rebuild (found by a new user following the README). A table with
-    rows is never touched here: mixing two models' vectors is what `check_index_model` refuses.
+    rows is never touched here: mixing two models' vectors is what `check_index_model` refuses; nor one while
+    another client is connected to the database (a running service).
     """
     physical = sql.Identifier(f"data_{table}")
     row = await (
@@ -405,6 +406,18 @@ async def _drop_if_empty_and_built_otherwise(
     other_model = row is not None and (row[0], row[1]) != (settings.embed_model, settings.embed_dim)
     other_type = built_type is not None and built_type != settings.vector_type
     if not (other_model or other_type):
+        return
+    # Only when no other client is connected to this database (a process starting beside us waits on the migration
+    # lock and does not count): a mistaken command run beside a working service must not change its table
+    # under it, even an empty one. That service is told to reindex, as before.
+    others = await (
+        await conn.execute(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                 AND NOT (wait_event_type = 'Lock' AND wait_event = 'advisory')"""
+        )
+    ).fetchone()
+    if others is None or others[0]:
         return
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{EMPTY_TABLE_LOCK_SECONDS}s'")
