@@ -49,8 +49,6 @@ T = TypeVar("T")
 
 #: Seconds between two heartbeats written on the primary.
 BEAT_INTERVAL = 1.0
-PROBE_INTERVAL = BEAT_INTERVAL  # the names of the first design, kept for its tests
-PROBE_TIMEOUT = 2.0
 #: Seconds a heartbeat write, or the read of it on a standby connection, may take.
 BEAT_TIMEOUT = 2.0
 #: Seconds a search may take on the standby before it is run on the primary instead (a hung standby, a
@@ -222,9 +220,6 @@ class SearchDatabase:
             await self._drop_beat_connection()
         await self._look()
         return self._state
-
-    #: Tests and tools may ask for a look now: the same as a beat.
-    probe = beat
 
     async def _write_beat(self, beat: int) -> None:
         if self._beat_conn is None or self._beat_conn.closed:

@@ -59,9 +59,9 @@ def test_an_empty_table_follows_a_corrected_embed_dim(pg_server: str) -> None:
     assert _dim(url) == 1024
     asyncio.run(migrate(url, make_settings(embed_dim=256)))  # corrected: accepted, the table follows
     assert _dim(url) == 256
-    with psycopg.connect(url):  # a service running on the table: a mistaken start beside it changes nothing
-        with pytest.raises(IndexModelMismatch):
-            asyncio.run(migrate(url, make_settings(embed_dim=512)))
+    # A service running on the table: a mistaken start beside it changes nothing.
+    with psycopg.connect(url), pytest.raises(IndexModelMismatch):
+        asyncio.run(migrate(url, make_settings(embed_dim=512)))
     assert _dim(url) == 256
     asyncio.run(migrate(url, make_settings(embed_dim=256, embed_model="other-model")))  # still empty
     with psycopg.connect(url, autocommit=True) as conn:

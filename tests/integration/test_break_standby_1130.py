@@ -21,7 +21,7 @@ import pytest
 from app import access
 from app.access import Restriction
 from app.db import make_pool
-from app.replica import PROBE_INTERVAL, PROBE_TIMEOUT, SearchDatabase
+from app.replica import BEAT_INTERVAL, BEAT_TIMEOUT, SearchDatabase
 from tests.conftest import make_settings
 from tests.integration.test_search_standby import (  # noqa: F401  (fixtures)
     Cluster,
@@ -159,7 +159,7 @@ async def test_a_standby_receiving_late_is_not_searched_beyond_the_bound(
     the primary: no wal_receiver_timeout ever fires), the standby always looks caught up. Here the link is 5 s
     late, SEARCH_REPLICA_MAX_LAG is 1 s and page 1 was restricted to the board on the
     primary: probes that started over a second after that commit still call the standby usable (lag 0), and
-    Alice finds page 1 there. The docstring promises at most SEARCH_REPLICA_MAX_LAG + PROBE_INTERVAL (= 1 s)."""
+    Alice finds page 1 there. The docstring promises at most SEARCH_REPLICA_MAX_LAG + BEAT_INTERVAL (= 1 s)."""
     primary, replica = pools
     url = standby.url("cv_standby")
     await _replayed(primary, url)
@@ -187,9 +187,9 @@ async def test_a_standby_receiving_late_is_not_searched_beyond_the_bound(
         committed = time.monotonic()
         restricted_at = await _primary_lsn(primary)
 
-        # a probe that started more than PROBE_INTERVAL after the commit (beyond the bound with max_lag 1 s)
+        # a probe that started more than BEAT_INTERVAL after the commit (beyond the bound with max_lag 1 s)
         await _until(
-            lambda: db is not None and db.state is not None and db.state.at > committed + PROBE_INTERVAL + 0.2,
+            lambda: db is not None and db.state is not None and db.state.at > committed + BEAT_INTERVAL + 0.2,
             timeout=4.0,
             what="a probe started 1.2 s after the restriction",
         )
@@ -222,7 +222,7 @@ async def test_a_hung_standby_does_not_hang_a_search(pools: tuple[Any, Any], sta
     to it down with it: the pool's connection check and the query wait on the socket with no bound (no
     statement/ connect timeout, no asyncio timeout around the standby attempt), although the primary is fine.
     `standby_pool` says "a standby that died costs one search 2 s"; here it costs the search forever (until
-    the standby resumes). The test allows 10 s (5 x PROBE_TIMEOUT)."""
+    the standby resumes). The test allows 10 s (5 x BEAT_TIMEOUT)."""
     primary, replica = pools
     await _replayed(primary, standby.url("cv_standby"))
     db = SearchDatabase(primary, replica, max_lag=10.0)
@@ -234,13 +234,13 @@ async def test_a_hung_standby_does_not_hang_a_search(pools: tuple[Any, Any], sta
         used: list[Any] = []
         started = time.monotonic()
         try:
-            hits = await asyncio.wait_for(db.run(_searcher(used)), timeout=5 * PROBE_TIMEOUT)
+            hits = await asyncio.wait_for(db.run(_searcher(used)), timeout=5 * BEAT_TIMEOUT)
         except TimeoutError:
             hits = None
         elapsed = time.monotonic() - started
         assert hits == ["1", "2"], (
             f"a search routed to the hung standby did not come back from the primary within "
-            f"{5 * PROBE_TIMEOUT:.0f} s (gave up after {elapsed:.1f} s; pools tried: "
+            f"{5 * BEAT_TIMEOUT:.0f} s (gave up after {elapsed:.1f} s; pools tried: "
             f"{[p for p in used]})"
         )
     finally:
@@ -311,14 +311,14 @@ async def test_a_schema_change_the_standby_has_not_replayed_falls_back_to_the_pr
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Finding 4: a probe result is trusted for STATE_MAX_AGE (5 s), not PROBE_INTERVAL; a busy standby pool delays
+# Finding 4: a probe result is trusted for STATE_MAX_AGE (5 s), not BEAT_INTERVAL; a busy standby pool delays
 # the probe but not the searches' choice of the standby.
 # --------------------------------------------------------------------------------------------------------------
 
 
 async def test_a_busy_standby_pool_does_not_stretch_the_lag_bound(pools: tuple[Any, Any], standby: Standby) -> None:
-    """BUG. The docstring bounds what a search may miss by SEARCH_REPLICA_MAX_LAG + PROBE_INTERVAL. But the
-    choice reads a state that `_usable` trusts for STATE_MAX_AGE = 3 * PROBE_INTERVAL + PROBE_TIMEOUT (5 s),
+    """BUG. The docstring bounds what a search may miss by SEARCH_REPLICA_MAX_LAG + BEAT_INTERVAL. But the
+    choice reads a state that `_usable` trusts for STATE_MAX_AGE = 3 * BEAT_INTERVAL + BEAT_TIMEOUT (5 s),
     and a probe only replaces it when it finishes. When the standby's pool is busy (all connections held by
     searches: exactly the load a standby is added for), the probe waits for a connection like everyone else,
     and meanwhile searches keep choosing the standby on the old "lag 0" verdict. Here, with
@@ -341,7 +341,7 @@ async def test_a_busy_standby_pool_does_not_stretch_the_lag_bound(pools: tuple[A
         committed = time.monotonic()
         await _until_standby(url, "pg_last_wal_receive_lsn() >= %s::pg_lsn", (await _primary_lsn(primary),))
         await _until(
-            lambda: time.monotonic() - committed >= 2 * PROBE_INTERVAL,
+            lambda: time.monotonic() - committed >= 2 * BEAT_INTERVAL,
             timeout=5,
             what="twice the probe interval after the restriction",
         )
@@ -356,7 +356,7 @@ async def test_a_busy_standby_pool_does_not_stretch_the_lag_bound(pools: tuple[A
         assert "1" not in hits, (
             f"page 1, restricted on the primary {answered:.1f} s before, found by Alice on "
             f"{'the standby' if used[0] == 'standby' else 'the primary'} with SEARCH_REPLICA_MAX_LAG=1 "
-            f"(bound claimed: {PROBE_INTERVAL:g} s); verdict used was {time.monotonic() - probed:.1f} s old"
+            f"(bound claimed: {BEAT_INTERVAL:g} s); verdict used was {time.monotonic() - probed:.1f} s old"
         )
     finally:
         for conn in held:
@@ -381,7 +381,7 @@ async def test_a_busy_standby_pool_does_not_stretch_the_lag_bound(pools: tuple[A
 async def test_an_unreachable_search_database_at_start_serves_from_the_primary(
     cluster: Cluster, search_url: str
 ) -> None:
-    """Held: the service starts (within PROBE_TIMEOUT + a margin), searches run on the primary, and /status
+    """Held: the service starts (within BEAT_TIMEOUT + a margin), searches run on the primary, and /status
     (also as a non-operator sees it) names neither the host nor the password."""
     from app.mcp_server import search_as
     from app.runtime import Runtime
@@ -404,7 +404,7 @@ async def test_an_unreachable_search_database_at_start_serves_from_the_primary(
     opened = time.monotonic() - started
     embedder = rt.embedder
     try:
-        assert opened < PROBE_TIMEOUT + 3.0, opened
+        assert opened < BEAT_TIMEOUT + 3.0, opened
         assert rt.search_db.state is not None and not rt.search_db.usable()
         rt.embedder = Embedder()  # type: ignore[assignment]
         hits = await search_as(rt, None, "salary", k=5, space=None, label=None, mode=SearchMode.HYBRID)
@@ -433,7 +433,7 @@ async def test_a_standby_promoted_mid_service_stops_answering(pools: tuple[Any, 
         promoted = time.monotonic()
         await _until(
             lambda: db.state is not None and db.state.at > promoted and not db.usable(),
-            timeout=PROBE_INTERVAL + PROBE_TIMEOUT + 2,
+            timeout=BEAT_INTERVAL + BEAT_TIMEOUT + 2,
             what="a probe after the promotion saying not usable",
         )
         assert db.state is not None and not db.state.usable, db.state

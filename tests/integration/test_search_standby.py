@@ -300,7 +300,7 @@ async def test_a_standby_that_goes_away_mid_service_leaves_searches_to_the_prima
         used: list[Any] = []
         assert await db.run(_searcher(used)) == ["1", "2"]  # answered by the primary
         assert used[-1:] == ["primary"]
-        state = await db.probe()
+        state = await db.beat()
         assert not db.usable() and state.reason.startswith("unreachable")
         assert "host" not in state.reason  # shown in /status: the class only, never the address
         standby.start()
