@@ -439,9 +439,8 @@ def search(
     ] = None,
 ) -> None:
     """Search the index from the terminal as a person (same ranking and permission filter as GET /search)."""
-    from app.replica import precompute
     from app.search import SearchMode
-    from app.search import search as do_search
+    from app.search_run import run_search
     from app.search_view import print_results
     from app.viewer import viewer_principals
 
@@ -449,21 +448,7 @@ def search(
 
     async def run(rt: Any) -> Any:
         principals = await viewer_principals(rt, as_user, named_by="--as")
-        embedder = await precompute(rt.embedder, query)
-        return await rt.search_db.run(
-            lambda pool: do_search(
-                pool,
-                embedder,
-                settings.vector_table,
-                query,
-                k=k,
-                space=space,
-                label=label,
-                mode=SearchMode(mode),
-                principals=principals,
-                ef_search=settings.hnsw_ef_search,
-            )
-        )
+        return await run_search(rt, query, principals, k=k, space=space, label=label, mode=SearchMode(mode))
 
     hits = _run(lambda: _with_runtime(settings, run))
     print_results(hits, console)

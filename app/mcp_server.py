@@ -41,9 +41,9 @@ from app import __version__
 from app.api_auth import is_loopback, require_api_token
 from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
 from app.page_text import Chunk, PageText, assemble, slice_text
-from app.replica import precompute
 from app.runtime import Runtime
-from app.search import SearchHit, SearchMode, search
+from app.search import SearchHit, SearchMode
+from app.search_run import run_search
 from app.viewer import HEADER as PERSON_HEADER  # the one name, shared with /search
 from app.viewer import viewer_principals
 
@@ -149,21 +149,7 @@ async def search_as(
     SEARCH_SERVICE_IDENTITY applies, and without that the search is refused (`PersonRequired`).
     """
     principals = await viewer_principals(rt, person)
-    embedder = await precompute(rt.embedder, query)  # once, before choosing where to search
-    return await rt.search_db.run(
-        lambda pool: search(
-            pool,
-            embedder,
-            rt.settings.vector_table,
-            query,
-            k=k,
-            space=space,
-            label=label,
-            mode=mode,
-            principals=principals,
-            ef_search=rt.settings.hnsw_ef_search,
-        )
-    )
+    return await run_search(rt, query, principals, k=k, space=space, label=label, mode=mode)
 
 
 # --- the tools' work, independent of MCP (unit-testable) ------------------------------------------------------

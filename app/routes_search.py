@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 from app.api_auth import require_api_token
 from app.errors import ConfluenceVectorsError, EmbeddingError, RetryableError
-from app.replica import precompute
-from app.search import SearchHit, SearchMode, search
+from app.search import SearchHit, SearchMode
+from app.search_run import run_search
 from app.viewer import HEADER, MAX_IDENTITY_CHARS, PersonRequired, PersonUnavailable, PersonUnknown, viewer_principals
 
 log = logging.getLogger(__name__)
@@ -99,21 +99,7 @@ async def search_endpoint(
             status_code=503, detail="cannot establish what this person may read now", headers={"Retry-After": "5"}
         ) from exc
     try:
-        embedder = await precompute(rt.embedder, query)  # once, before choosing where to search
-        hits = await rt.search_db.run(
-            lambda pool: search(
-                pool,
-                embedder,
-                rt.settings.vector_table,
-                query,
-                k=k,
-                space=space,
-                label=label,
-                mode=mode,
-                principals=principals,
-                ef_search=rt.settings.hnsw_ef_search,
-            )
-        )
+        hits = await run_search(rt, query, principals, k=k, space=space, label=label, mode=mode)
     except RetryableError as exc:
         log.warning("search unavailable", extra={"error": str(exc)})
         raise HTTPException(
