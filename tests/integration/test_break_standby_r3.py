@@ -30,7 +30,7 @@ from app import access
 from app.access import Restriction
 from app.replica import SearchDatabase, standby_pool
 from tests.integration.test_break_standby_1130 import DelayProxy, _until
-from tests.integration.test_break_standby_r2 import _sql
+from tests.integration.test_break_standby_r2 import _socket, _sql
 from tests.integration.test_search_standby import (  # noqa: F401  (fixtures)
     Cluster,
     Standby,
@@ -254,10 +254,6 @@ class TransactionPooler:
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
-def _socket(s: Standby) -> str:
-    return str(s.sockets / ".s.PGSQL.5432")
 
 
 async def test_a_transaction_pooler_cannot_run_the_search_on_another_standby_than_the_heartbeat_read(
