@@ -476,12 +476,8 @@ async def refresh_folder(rt: Runtime, folder_id: str) -> bool:
             await access.save_restrictions(conn, [restriction_unknown(marker, error or "not read")])
             written = access.distinct_path([*held, marker])
         # Every id on a stored path needs a restriction row (`cv_page_visible` relies on it): new ones start
-        # not established, as `access.save_page_access` does.
-        await conn.execute(
-            """INSERT INTO cv_restrictions (content_id, restricted, error, checked_at)
-               SELECT unnest(%s::text[]), NULL, 'not read yet', '-infinity' ON CONFLICT (content_id) DO NOTHING""",
-            (list(written),),
-        )
+        # not established; taken in the same sorted order as every other access writer.
+        await access.lock_path_restrictions(conn, written)
         await _rewrite_descendant_paths(conn, folder_id, written, space_key)
         await _requeue_moved_rows(conn, folder_id, space_key, include_root=False)
         return written, space_key
